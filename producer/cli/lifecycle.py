@@ -1,0 +1,42 @@
+"""``vfleet cancel`` and ``vfleet delete``: stop a batch, or remove it from the ledger."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from producer.context import Context
+
+
+def cancel(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+) -> None:
+    """Cancel a batch: its waiting records become cancelled and are never run; running
+    ones finish. `vfleet retry BATCH --cancelled` undoes it."""
+    c: Context = ctx.obj
+    info = c.ledger.batch(batch)
+    n = c.ledger.cancel(info.id)
+    running = c.ledger.counts(info.id)["running"]
+    typer.echo(f"batch {batch}: {n} records cancelled, {running} running will finish")
+
+
+def delete(
+    ctx: typer.Context,
+    batch: Annotated[str, typer.Argument(help="Batch name.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Delete even while records are running.")
+    ] = False,
+) -> None:
+    """Delete a batch and every record of it. Refuses while records are running, unless
+    --force (cancel first and let them finish)."""
+    c: Context = ctx.obj
+    info = c.ledger.batch(batch)
+    n = c.ledger.delete_batch(info.id, force=force)
+    typer.echo(f"batch {batch}: deleted with its {n} records")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("cancel")(cancel)
+    app.command("delete")(delete)

@@ -1,0 +1,393 @@
+"""``vfleet gpu``, ``vfleet vllm``, ``vfleet discover``, ``vfleet beat``, ``vfleet scan-worker``.
+
+The views read the latest snapshots the beat's scans stored; ``--live`` scans now (and
+stores what it saw) instead. SSH honours ``~/.ssh/config`` and known_hosts (see
+:mod:`ops.ssh`); ``--accept-new-host-keys`` records keys of hosts seen for the first time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.console import Console, RenderableType
+from rich.table import Table
+
+from producer.context import Context
+
+if TYPE_CHECKING:
+    from ops.discover import FoundServer
+    from ops.ssh.pool import SSHPool
+    from workers.monitor_settings import MonitorSettings
+    from workers.scan.runtime import ScanRuntime
+
+DEFAULT_WATCH_INTERVAL = 2.0
+DEFAULT_PORTS = "8000-8010"
+
+SshConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--ssh-config", envvar="VFLEET_SSH_CONFIG", help="ssh_config file to honour."),
+]
+KnownHostsOpt = Annotated[
+    Path | None,
+    typer.Option("--known-hosts", envvar="VFLEET_KNOWN_HOSTS", help="known_hosts file."),
+]
+AcceptNewOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--accept-new-host-keys",
+        envvar="VFLEET_ACCEPT_NEW_HOST_KEYS",
+        help="Record host keys of hosts seen for the first time (changed keys stay refused).",
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+LiveOpt = Annotated[bool, typer.Option("--live", help="Scan now (and store) instead of reading.")]
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="Redraw until Ctrl-C.")]
+IntervalOpt = Annotated[
+    float, typer.Option("--interval", min=0.1, help="Seconds between redraws with --watch.")
+]
+CountOpt = Annotated[int, typer.Option("--watch-count", hidden=True, min=0)]
+
+
+def _monitor(
+    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None
+) -> MonitorSettings:
+    # paramiko logs a traceback for every host that fails; our per-host errors say it once.
+    if logging.getLogger().level > logging.DEBUG:
+        logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    from workers.monitor_settings import build_monitor_settings
+
+    return build_monitor_settings(
+        ssh_config=ssh_config, known_hosts=known_hosts, accept_new_host_keys=accept
+    )
+
+
+def _runtime(c: Context, monitor: MonitorSettings, *, redis: bool = False) -> ScanRuntime:
+    import redis as redis_lib
+
+    from workers.scan.runtime import ScanRuntime, build_ssh_pool
+
+    client = redis_lib.Redis.from_url(c.settings.broker_url) if redis else None
+    return ScanRuntime(monitor, c.fleet, c.ledger.engine, build_ssh_pool(monitor, c.fleet), client)
+
+
+@contextmanager
+def _progress(what: str, total: int) -> Iterator[Callable[[], None]]:
+    """A progress bar on stderr while a live scan runs (only on a terminal)."""
+    if not sys.stderr.isatty() or total == 0:
+        yield lambda: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as progress:
+        task = progress.add_task(what, total=total)
+        yield lambda: progress.advance(task)
+
+
+def _show(
+    render: Callable[[], tuple[Any, RenderableType]],
+    *,
+    as_json: bool,
+    watch: bool,
+    interval: float,
+    count: int,
+) -> None:
+    """Print once (JSON or a table), or redraw every ``interval`` until Ctrl-C."""
+    if not watch:
+        data, table = render()
+        if as_json:
+            typer.echo(json.dumps(data, indent=2, default=str))
+        else:
+            Console().print(table)
+        return
+    from rich.live import Live
+
+    shown = 0
+    try:
+        with Live(console=Console(), auto_refresh=False) as live:
+            while True:
+                data, table = render()
+                if as_json:
+                    live.console.print_json(json.dumps(data, default=str))
+                else:
+                    live.update(table, refresh=True)
+                shown += 1
+                if count and shown >= count:
+                    return
+                time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+def gpu(
+    ctx: typer.Context,
+    hosts: Annotated[list[str] | None, typer.Argument(help="Hosts (default: the fleet's).")] = None,
+    watch: WatchOpt = False,
+    as_json: JsonOpt = False,
+    live: LiveOpt = False,
+    interval: IntervalOpt = DEFAULT_WATCH_INTERVAL,
+    history: Annotated[int | None, typer.Option(min=1, help="Scans in the sparkline.")] = None,
+    ssh_config: SshConfigOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_keys: AcceptNewOpt = None,
+    watch_count: CountOpt = 0,
+) -> None:
+    """GPUs per host, idle ones first: utilisation and memory, history, processes."""
+    from producer.monitor_views import gpu_table
+    from workers.scan.snapshots import gpu_view
+
+    c: Context = ctx.obj
+    c.fleet_required = False
+    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    names = list(hosts or []) or list(c.fleet.hosts)
+    runtime = _runtime(c, monitor) if live else None
+
+    def render() -> tuple[Any, RenderableType]:
+        if runtime is not None:
+            with _progress("scanning GPUs", len(names)) as step:
+                runtime.scan_gpus(names, on_result=lambda _r: step())
+        view = gpu_view(c.ledger.engine, names, history=history or monitor.history)
+        return [h.as_dict() for h in view], gpu_table(view)
+
+    try:
+        _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
+    finally:
+        if runtime is not None:
+            runtime.ssh_pool.close()
+
+
+def vllm(
+    ctx: typer.Context,
+    instances: Annotated[
+        list[str] | None, typer.Argument(help="Instances (default: the fleet's).")
+    ] = None,
+    watch: WatchOpt = False,
+    as_json: JsonOpt = False,
+    live: LiveOpt = False,
+    interval: IntervalOpt = DEFAULT_WATCH_INTERVAL,
+    ssh_config: SshConfigOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_keys: AcceptNewOpt = None,
+    watch_count: CountOpt = 0,
+) -> None:
+    """Per instance: health, model, running, waiting, KV cache, prompt and generation tok/s."""
+    from producer.monitor_views import vllm_table
+    from workers.scan.snapshots import vllm_view
+
+    c: Context = ctx.obj
+    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    names = list(instances or [])
+    for name in names:
+        c.fleet.instance(name)  # unknown names fail here, with the known ones listed
+    names = names or [i.name for i in c.fleet.instances]
+    runtime = _runtime(c, monitor, redis=True) if live else None
+
+    def render() -> tuple[Any, RenderableType]:
+        if runtime is not None:
+            with _progress("probing vLLM", len(names)) as step:
+                runtime.scan_vllm(names, on_probe=lambda _t, _p: step())
+        rows = vllm_view(c.ledger.engine, names)
+        return rows, vllm_table(rows)
+
+    try:
+        _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
+    finally:
+        if runtime is not None:
+            runtime.close()
+
+
+def _discover_host(
+    pool: SSHPool, alias: str, ports: list[int], timeout: float
+) -> list[FoundServer]:
+    from ops.discover import REMOTE_LISTENERS_COMMAND, discover, parse_listeners
+    from ops.vllm_probe import ChannelHttp
+
+    listeners = parse_listeners(pool.run(alias, REMOTE_LISTENERS_COMMAND).stdout)
+    http = ChannelHttp(lambda h, p: pool.open_channel(alias, h, p), timeout=timeout)
+    public = pool.target(alias).hostname
+    return discover(listeners, ports, http_client=http, host=alias, public_address=public)
+
+
+def _discover_all(
+    c: Context, monitor: MonitorSettings, hosts: list[str], ports: list[int], local: bool
+) -> tuple[list[FoundServer], dict[str, str]]:
+    """Servers found (locally and on ``hosts``) and the hosts that could not be searched."""
+    from ops.discover import discover, local_listeners
+    from ops.vllm_probe import DirectHttp
+    from workers.scan.runtime import build_ssh_pool
+
+    found: list[FoundServer] = []
+    if local:
+        http = DirectHttp(timeout=monitor.http_timeout)
+        found += discover(local_listeners(), ports, http_client=http)
+    if not hosts:
+        return found, {}
+    with build_ssh_pool(monitor, c.fleet) as pool, _progress("discovering", len(hosts)) as step:
+        results = pool.map(
+            hosts,
+            lambda a: _discover_host(pool, a, ports, monitor.http_timeout),
+            on_result=lambda _r: step(),
+        )
+    for r in results.values():
+        found += r.value or []
+    return found, {h: r.error.reason for h, r in results.items() if r.error is not None}
+
+
+def _write_fleet(path: Path, servers: list[FoundServer], c: Context) -> list[FoundServer]:
+    """Append ``[[instances]]`` for new servers to the fleet file; return those added."""
+    from ops.discover import fleet_blocks
+    from workers.errors import ConfigError
+    from workers.fleet import parse_fleet
+
+    fleet = c.fleet
+    text, added = fleet_blocks(
+        servers,
+        known_names=[i.name for i in fleet.instances],
+        known_urls=[(i.host, i.base_url) for i in fleet.instances],
+        known_hosts=list(fleet.hosts),
+    )
+    if not added:
+        return []
+    old = path.read_text(encoding="utf-8") if path.exists() else ""
+    new = old + ("\n" if old and not old.endswith("\n") else "") + text
+    parse_fleet(new, source=str(path))  # never write a file we could not read back
+    try:
+        path.write_text(new, encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot write fleet file {path}: {e.strerror}") from e
+    return added
+
+
+def discover(
+    ctx: typer.Context,
+    hosts: Annotated[
+        list[str] | None, typer.Argument(help="SSH hosts to search (default: this machine).")
+    ] = None,
+    ports: Annotated[str, typer.Option(help="Ports to probe, e.g. 8000-8010,9000.")] = (
+        DEFAULT_PORTS
+    ),
+    local: Annotated[
+        bool | None, typer.Option("--local/--no-local", help="Search this machine too.")
+    ] = None,
+    write: Annotated[bool, typer.Option("--write", help="Add new servers to the fleet file.")] = (
+        False
+    ),
+    as_json: JsonOpt = False,
+    ssh_config: SshConfigOpt = None,
+    known_hosts: KnownHostsOpt = None,
+    accept_new_host_keys: AcceptNewOpt = None,
+) -> None:
+    """Find vLLM (OpenAI-compatible) servers by their listening ports and /v1/models."""
+    from ops.discover import parse_ports
+
+    c: Context = ctx.obj
+    c.fleet_required = False
+    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    names = list(hosts or [])
+    found, failed = _discover_all(
+        c, monitor, names, parse_ports(ports), not names if local is None else local
+    )
+    added = _write_fleet(Path(c.settings.fleet_file), found, c) if write else []
+    added_names = {s.name for s in added}
+    if as_json:
+        rows = [{**asdict(s), "name": s.name, "added": s.name in added_names} for s in found]
+        typer.echo(json.dumps({"servers": rows, "failed_hosts": failed}, indent=2))
+        return
+    table = Table("name", "host", "base_url", "models", "max len", "fleet file", box=None)
+    for s in found:
+        note = "added" if s.name in added_names else ("" if not write else "already there")
+        table.add_row(
+            s.name,
+            s.host or "local",
+            s.base_url,
+            ", ".join(s.models),
+            str(s.max_model_len or "-"),
+            note,
+        )
+    console = Console()
+    console.print(table if found else "no OpenAI-compatible servers found")
+    for host, why in failed.items():
+        console.print(f"[bold red]{host}: {why}[/]", highlight=False)
+
+
+def beat(
+    ctx: typer.Context,
+    pidfile: Annotated[Path | None, typer.Option(help="Pidfile (one beat per host).")] = None,
+    schedule_file: Annotated[Path | None, typer.Option(help="Beat's schedule state file.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run celery beat: GPU and vLLM scans, snapshot pruning, the reconciler. Refuses to
+    start while another beat holds the Redis beat lock."""
+    import redis as redis_lib
+
+    from workers.beat import BeatLock, beat_schedule
+    from workers.celery_app import create_app
+
+    c: Context = ctx.obj
+    c.fleet_required = False
+    from workers.monitor_settings import build_monitor_settings
+
+    monitor = build_monitor_settings(beat_pidfile=pidfile, beat_schedule_file=schedule_file)
+    app = create_app(c.settings, fleet=c.fleet)
+    app.conf.beat_schedule = beat_schedule(monitor)
+    client = redis_lib.Redis.from_url(c.settings.broker_url)
+    try:
+        with BeatLock(client, ttl=monitor.beat_lock_ttl):
+            app.Beat(
+                loglevel=loglevel,
+                schedule=str(monitor.beat_schedule_file),
+                pidfile=str(monitor.beat_pidfile),
+            ).run()
+    finally:
+        client.close()
+
+
+def scan_worker(
+    ctx: typer.Context,
+    concurrency: Annotated[int | None, typer.Option(min=1, help="Scans at once.")] = None,
+    loglevel: Annotated[str, typer.Option(help="Celery log level.")] = "INFO",
+) -> None:
+    """Run the small Celery worker that consumes the ``scan`` queue (threads pool)."""
+    from workers.celery_app import create_app
+    from workers.queues import SCAN_QUEUE
+    from workers.scan.runtime import build_scan_runtime
+    from workers.tasks.scan import install_scan_runtime
+
+    c: Context = ctx.obj
+    c.fleet_required = False
+    monitor = _monitor(None, None, None)
+    app = create_app(c.settings, fleet=c.fleet)
+    runtime = build_scan_runtime(c.settings, c.fleet, monitor)
+    install_scan_runtime(app, runtime)
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--pool=threads",
+                f"--concurrency={concurrency or monitor.scan_concurrency}",
+                "--hostname=scan@%h",
+                f"--queues={SCAN_QUEUE}",
+                f"--loglevel={loglevel}",
+                "--without-gossip",
+                "--without-mingle",
+            ]
+        )
+    finally:
+        runtime.close()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("gpu")(gpu)
+    app.command("vllm")(vllm)
+    app.command("discover")(discover)
+    app.command("beat")(beat)
+    app.command("scan-worker")(scan_worker)

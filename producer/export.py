@@ -1,0 +1,174 @@
+"""Write a batch's records to JSONL, CSV or OpenAI batch output, streaming, in input order.
+
+OpenAI batch output (``--format openai``, for batches enqueued from OpenAI batch files):
+one line per finished record, ``{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error"}``; failed and cancelled records carry ``error: {"code",
+"message"}`` and ``response: null`` and go to a separate errors file when one is given.
+Records not finished yet are left out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from workers.errors import ConfigError
+from workers.store.ledger import BatchInfo, Ledger, iter_records
+from workers.store.models import FINAL_STATUSES, Record, Status
+
+FORMATS = ("jsonl", "csv", "openai")
+_META = (
+    "key",
+    "status",
+    "attempts",
+    "instance",
+    "worker",
+    "error_kind",
+    "error",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "finished_at",
+)
+
+
+def export_format(path: Path, fmt: str | None) -> str:
+    """``fmt`` or the format the suffix names. Raises :class:`ConfigError`."""
+    chosen = fmt or path.suffix.lstrip(".").lower()
+    if chosen == "ndjson":
+        chosen = "jsonl"
+    if chosen not in FORMATS:
+        raise ConfigError(
+            f"cannot export to {path.name!r}: use a .jsonl or .csv file "
+            "or --format jsonl|csv|openai"
+        )
+    return chosen
+
+
+def record_dict(r: Record) -> dict[str, Any]:
+    """One exported record: its input, the model's text, the parsed answer and metadata."""
+    out: dict[str, Any] = {m: getattr(r, m) for m in _META}
+    out["finished_at"] = r.finished_at.isoformat() if r.finished_at else None
+    out["input"] = r.input
+    out["output_text"] = r.output_text
+    out["output"] = r.output
+    return out
+
+
+def _parsed_fields(batch: BatchInfo) -> list[str]:
+    schema = batch.spec.get("json_schema") or {}
+    props = schema.get("properties") or {}
+    return list(props) if isinstance(props, dict) else []
+
+
+def _write_jsonl(rows: Iterator[Record], fh: IO[str]) -> int:
+    n = 0
+    for r in rows:
+        fh.write(json.dumps(record_dict(r), ensure_ascii=False) + "\n")
+        n += 1
+    return n
+
+
+def _write_csv(rows: Iterator[Record], fh: IO[str], parsed: list[str]) -> int:
+    writer = csv.writer(fh)
+    writer.writerow([*_META, "input", "output_text", *(f"output.{f}" for f in parsed)])
+    n = 0
+    for r in rows:
+        d = record_dict(r)
+        out = r.output or {}
+        cells = [d[m] for m in _META]
+        cells += [json.dumps(r.input, ensure_ascii=False), r.output_text]
+        cells += [
+            json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
+            for v in (out.get(f) for f in parsed)
+        ]
+        writer.writerow(cells)
+        n += 1
+    return n
+
+
+def openai_line(r: Record) -> dict[str, Any]:
+    """The record as an OpenAI batch output line (an error line unless it succeeded)."""
+    line: dict[str, Any] = {"id": f"batch_req_{r.id}", "custom_id": r.key}
+    if r.status == Status.SUCCEEDED and r.output is not None:
+        response = {k: r.output.get(k) for k in ("status_code", "request_id", "body")}
+        return {**line, "response": response, "error": None}
+    code = "batch_cancelled" if r.status == Status.CANCELLED else r.error_kind or "failed"
+    message = r.error or ("the batch was cancelled" if r.status == Status.CANCELLED else "")
+    return {**line, "response": None, "error": {"code": code, "message": message}}
+
+
+@dataclass
+class OpenAIExport:
+    succeeded: int = 0
+    errors: int = 0
+    pending: int = 0
+
+
+def export_openai(
+    ledger: Ledger, batch: BatchInfo, path: Path, errors_path: Path | None = None
+) -> OpenAIExport:
+    """Write the batch as OpenAI batch output to ``path`` (errors to ``errors_path`` if
+    given, else inline). Raises :class:`ConfigError` for a batch not from a batch file."""
+    if batch.spec.get("mode") != "openai":
+        raise ConfigError(
+            f"batch {batch.name!r} did not come from an OpenAI batch file; "
+            "export it as jsonl or csv"
+        )
+    counts = OpenAIExport()
+    with _atomic(path) as out, _atomic(errors_path) as err:
+        assert out is not None
+        for r in iter_records(ledger.engine, batch.id):
+            if r.status not in FINAL_STATUSES:
+                counts.pending += 1
+                continue
+            line = openai_line(r)
+            ok = line["error"] is None
+            counts.succeeded += ok
+            counts.errors += not ok
+            fh = out if ok or err is None else err
+            fh.write(json.dumps(line, ensure_ascii=False) + "\n")
+    return counts
+
+
+@contextlib.contextmanager
+def _atomic(path: Path | None) -> Iterator[IO[str] | None]:
+    """A file written under a temporary name and renamed into place when all went well."""
+    if path is None:
+        yield None
+        return
+    tmp = path.with_name(f".{path.name}.part")
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            yield fh
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    tmp.replace(path)
+
+
+def export_batch(ledger: Ledger, batch: BatchInfo, path: Path, fmt: str | None = None) -> int:
+    """Write every record of ``batch`` to ``path``; returns how many were written.
+
+    Writes to a temporary file renamed into place, so a failed export never leaves a
+    half-written file under the requested name.
+    """
+    chosen = export_format(path, fmt)
+    if chosen == "openai":
+        c = export_openai(ledger, batch, path)
+        return c.succeeded + c.errors
+    tmp = path.with_name(f".{path.name}.part")
+    rows = iter_records(ledger.engine, batch.id)
+    with tmp.open("w", encoding="utf-8", newline="") as fh:
+        n = (
+            _write_jsonl(rows, fh)
+            if chosen == "jsonl"
+            else _write_csv(rows, fh, _parsed_fields(batch))
+        )
+    tmp.replace(path)
+    return n

@@ -1,0 +1,85 @@
+"""Live views of batch progress, shared by ``vfleet status`` and ``vfleet demo``."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console, Group
+from rich.live import Live
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+
+from producer.progress import BatchProgress, batch_progress
+from workers.store.ledger import BatchInfo, Ledger
+
+DEFAULT_REFRESH = 1.0
+
+
+def _eta(p: BatchProgress) -> str:
+    eta = p.eta_seconds
+    if eta is None:
+        return "-"
+    return time.strftime("%H:%M:%S", time.gmtime(eta))
+
+
+def render(progress: list[BatchProgress]) -> Group:
+    """Progress bars per batch and records per instance, as rich renderables."""
+    batches = Table(
+        "batch",
+        "progress",
+        "done",
+        "ok",
+        "failed",
+        "running",
+        "queued",
+        "retry",
+        "rec/s",
+        "ETA",
+        box=None,
+    )
+    instances = Table("batch", "instance", "succeeded", "failed", "running", box=None)
+    for p in progress:
+        c = p.counts
+        bar = ProgressBar(total=max(1, p.total), completed=p.done, width=30)
+        batches.add_row(
+            p.batch.name,
+            bar,
+            f"{p.done}/{p.total}",
+            str(c["succeeded"]),
+            str(c["failed"]),
+            str(c["running"]),
+            str(c["queued"]),
+            str(c["retry"]),
+            f"{p.rate:.1f}",
+            _eta(p),
+        )
+        for inst, per in sorted(p.instances.items()):
+            instances.add_row(
+                p.batch.name,
+                inst,
+                str(per.get("succeeded", 0)),
+                str(per.get("failed", 0)),
+                str(per.get("running", 0)),
+            )
+    return Group(batches, instances) if instances.row_count else Group(batches)
+
+
+def follow(
+    ledger: Ledger,
+    batches: list[BatchInfo],
+    *,
+    console: Console,
+    refresh: float = DEFAULT_REFRESH,
+    timeout: float | None = None,
+) -> list[BatchProgress]:
+    """Redraw until every batch is complete (or ``timeout``); returns the last reading."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    with Live(console=console, refresh_per_second=4, transient=False) as live:
+        while True:
+            progress = [batch_progress(ledger, b) for b in batches]
+            live.update(render(progress))
+            if all(p.complete for p in progress):
+                return progress
+            if deadline is not None and time.monotonic() > deadline:
+                return progress
+            time.sleep(refresh)

@@ -1,0 +1,240 @@
+"""A real OpenSSH ``sshd`` for the tests, on a free loopback port, with a fake nvidia-smi.
+
+The server runs as a non-daemon child (``sshd -D -e``) with its own host key, an authorized
+client key and ``SetEnv PATH=<bin>:...`` so that ``nvidia-smi`` is the fake below. The fake
+reads ``FAKE_GPU_MODE`` and ``FAKE_GPU_DELAY``, which the client sends per host alias
+(``SetEnv`` in the test ssh_config, ``AcceptEnv FAKE_GPU_*`` in sshd_config).
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import socket
+import subprocess
+import textwrap
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+
+from ops.redis_server import free_port
+from tests.services import missing
+
+SSHD = "/usr/sbin/sshd"
+INSTALL_HINT = "OpenSSH server not installed: apt-get install openssh-server"
+
+UUID0 = "GPU-1b6c0b7e-0f5a-4a8e-9d51-6f1f8e2a0001"
+UUID1 = "GPU-1b6c0b7e-0f5a-4a8e-9d51-6f1f8e2a0002"
+A100 = "NVIDIA A100-SXM4-80GB"
+
+# What nvidia-smi prints with --format=csv,noheader,nounits, per mode.
+GPU_OUTPUT = {
+    "idle": f"0, {UUID0}, {A100}, 0, 0, 81920, 4, 31, 61.52, 400.00\n"
+    f"1, {UUID1}, {A100}, 0, 0, 81920, 4, 30, 60.10, 400.00\n",
+    "busy": f"0, {UUID0}, {A100}, 97, 61, 81920, 74000, 71, 389.77, 400.00\n"
+    f"1, {UUID1}, {A100}, 0, 0, 81920, 4, 30, 60.10, 400.00\n",
+    "mig": f"0, {UUID0}, {A100}, [N/A], [N/A], 81920, 13, 35, 82.00, 400.00\n",
+    "unsupported": f"0, {UUID0}, NVIDIA GeForce RTX 3090, 3, 1, 24576, 12, 40, "
+    "[Not Supported], [Not Supported]\n",
+}
+APPS_OUTPUT = {"busy": f"4242, /usr/bin/python3, 73990, {UUID0}\n"}
+
+FAKE_NVIDIA_SMI = """#!/bin/sh
+mode="${FAKE_GPU_MODE:-idle}"
+case "$*" in *query-compute-apps*) what=apps ;; *) what=gpus ;; esac
+case "$mode" in
+  hang) exec sleep 3600 ;;
+  nodriver) echo "NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA \
+driver. Make sure that the latest NVIDIA driver is installed and running."; exit 9 ;;
+  missing) echo "sh: 1: nvidia-smi: not found" >&2; exit 127 ;;
+esac
+if [ "$what" = gpus ] && [ -n "$FAKE_GPU_DELAY" ]; then sleep "$FAKE_GPU_DELAY"; fi
+cat "$(dirname "$0")/out/$mode.$what" 2>/dev/null
+exit 0
+"""
+
+
+def sshd_available() -> bool:
+    return os.access(SSHD, os.X_OK) and shutil.which("ssh-keygen") is not None
+
+
+def keygen(path: Path) -> None:
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "vfleet-test", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+
+
+class Sshd:
+    """An sshd we own, under ``root`` (a temporary directory)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.port = free_port()
+        self.host_key = root / "ssh_host_ed25519_key"
+        self.client_key = root / "id_ed25519"
+        self.bin = root / "bin"
+        self.user = getpass.getuser()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log = root / "sshd.log"
+
+    def _write_files(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        keygen(self.host_key)
+        keygen(self.client_key)
+        shutil.copy(self.client_key.with_suffix(".pub"), self.root / "authorized_keys")
+        (self.bin / "out").mkdir(parents=True)
+        smi = self.bin / "nvidia-smi"
+        smi.write_text(FAKE_NVIDIA_SMI)
+        smi.chmod(0o755)
+        for mode, text in GPU_OUTPUT.items():
+            (self.bin / "out" / f"{mode}.gpus").write_text(text)
+            (self.bin / "out" / f"{mode}.apps").write_text(APPS_OUTPUT.get(mode, ""))
+        (self.root / "sshd_config").write_text(
+            textwrap.dedent(f"""\
+            Port {self.port}
+            ListenAddress 127.0.0.1
+            HostKey {self.host_key}
+            PidFile {self.root / "sshd.pid"}
+            AuthorizedKeysFile {self.root / "authorized_keys"}
+            PermitRootLogin yes
+            StrictModes no
+            UsePAM no
+            PasswordAuthentication no
+            KbdInteractiveAuthentication no
+            PubkeyAuthentication yes
+            AllowTcpForwarding yes
+            AcceptEnv FAKE_GPU_*
+            SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin
+            MaxStartups 200
+            MaxSessions 200
+            LogLevel ERROR
+            """)
+        )
+
+    def start(self, timeout: float = 20.0) -> Sshd:
+        """Write keys and config, start sshd, wait until it sends its banner."""
+        if self.process is None:
+            self._write_files()
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # privilege separation dir
+        cfg = str(self.root / "sshd_config")
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [SSHD, "-D", "-e", "-f", cfg], stdout=log, stderr=subprocess.STDOUT
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited: {self.log.read_text()[-500:]}")
+            if _banner(self.port):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"sshd did not answer in {timeout}s: {self.log.read_text()[-500:]}")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(10)
+
+    @property
+    def known_hosts_line(self) -> str:
+        key = self.host_key.with_suffix(".pub").read_text().split()
+        return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
+
+    def ssh_config(
+        self, aliases: Mapping[str, Mapping[str, str]], *, port: int | None = None
+    ) -> str:
+        """ssh_config text: each alias → this server, with extra ``Key value`` options."""
+        blocks = []
+        for alias, extra in aliases.items():
+            lines = [
+                f"Host {alias}",
+                "  HostName 127.0.0.1",
+                f"  Port {extra.get('Port', port or self.port)}",
+                f"  User {self.user}",
+                f"  IdentityFile {self.client_key}",
+                "  IdentitiesOnly yes",
+            ]
+            lines += [f"  {k} {v}" for k, v in extra.items() if k != "Port"]
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks) + "\n"
+
+    def __enter__(self) -> Sshd:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _banner(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            return s.recv(4).startswith(b"SSH-")
+    except OSError:
+        return False
+
+
+class SilentServer:
+    """A loopback TCP server that accepts connections and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = int(self.sock.getsockname()[1])
+        self.sock.settimeout(0.1)
+        self._held: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self._held.append(conn)
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+def start_sshd(root: Path) -> Iterator[Sshd]:
+    """Yield a started :class:`Sshd` (for fixtures); skip or fail when sshd is missing."""
+    if not sshd_available():
+        missing(INSTALL_HINT)
+    server = Sshd(root).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def write_client_files(
+    server: Sshd, root: Path, aliases: Mapping[str, Mapping[str, str]], *, trusted: bool = True
+) -> tuple[Path, Path]:
+    """(ssh_config, known_hosts) under ``root``; known_hosts holds the server key if trusted."""
+    root.mkdir(parents=True, exist_ok=True)
+    config = root / "ssh_config"
+    config.write_text(server.ssh_config(aliases))
+    known = root / "known_hosts"
+    known.write_text(server.known_hosts_line if trusted else "")
+    return config, known

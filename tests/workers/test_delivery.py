@@ -1,0 +1,237 @@
+"""Delivery semantics against real Redis, SQL, simulators and workers: the window, the
+reconciler, health gating, routing on a heterogeneous fleet, retries and the config check."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2
+import pytest
+import redis
+
+from ops.redis_server import RedisServer
+from tests.pipeline import MODEL, Pipeline, judge_rows, write_jsonl
+from tests.services import vfleet, wait_for
+from workers.celery_app import create_app
+from workers.dispatch import Dispatcher
+from workers.feeder import Feeder
+from workers.fleet import Fleet, InstanceConfig
+from workers.queues import shared_queue
+from workers.settings import Settings
+from workers.store.engine import make_engine
+from workers.store.ledger import Ledger
+from workers.store.migrate import upgrade
+
+pytestmark = pytest.mark.timeout(300)
+QUEUE = shared_queue(MODEL)
+
+
+@pytest.fixture
+def feeder(redis_url: str, tmp_path: Path) -> Iterator[tuple[Feeder, Ledger, redis.Redis]]:
+    settings = Settings(
+        broker_url=redis_url,
+        database_url=f"sqlite:///{tmp_path / 'f.db'}",
+        window_factor=2,
+        window_min=10,
+        reconcile_grace=0,
+    )
+    engine = make_engine(settings.database_url)
+    upgrade(engine)
+    ledger = Ledger(engine)
+    client = redis.Redis.from_url(redis_url)
+    fleet = Fleet.of(
+        [
+            InstanceConfig(
+                name=f"i{n}",
+                base_url=f"http://127.0.0.1:{9000 + n}/v1",
+                model=MODEL,
+                concurrency=25,
+            )
+            for n in range(2)
+        ]
+    )
+    yield (
+        Feeder(
+            ledger=ledger,
+            dispatcher=Dispatcher(create_app(settings, fleet=fleet)),
+            redis_client=client,
+            fleet=fleet,
+            settings=settings,
+        ),
+        ledger,
+        client,
+    )
+    client.close()
+    engine.dispose()
+
+
+def _batch(ledger: Ledger, n: int) -> int:
+    info, _ = ledger.create_batch(
+        name="w", spec_name="judge", spec={"t": 1}, model=MODEL, route="shared"
+    )
+    ledger.add_records(info.id, ((f"k{i}", i, {"i": i}) for i in range(n)))
+    return info.id
+
+
+def test_redis_holds_only_a_window_and_is_topped_up_as_it_drains(
+    feeder: tuple[Feeder, Ledger, redis.Redis],
+) -> None:
+    f, ledger, client = feeder
+    batch_id = _batch(ledger, 20_000)
+    window = 2 * 50  # window_factor x the fleet's concurrency for the model
+    assert f.feed() == window
+    assert client.llen(QUEUE) == window
+    assert f.feed() == 0  # full: nothing more goes in
+    for _ in range(30):
+        client.rpop(QUEUE)  # a worker takes 30 messages
+    assert f.feed() == 30
+    assert client.llen(QUEUE) == window
+    assert len(ledger.unpublished(batch_id, limit=100_000)) == 20_000 - window - 30
+
+
+def test_reconciler_republishes_only_what_redis_lost(
+    feeder: tuple[Feeder, Ledger, redis.Redis],
+) -> None:
+    f, ledger, client = feeder
+    _batch(ledger, 300)
+    published = f.feed()
+    time.sleep(0.01)
+    assert f.reconcile() == 0  # every published record still has its message
+    client.delete(QUEUE)  # Redis restarted empty
+    assert f.reconcile() == published
+    assert client.llen(QUEUE) == published
+
+
+def test_enqueue_of_many_records_keeps_redis_bounded(
+    redis_url: str, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    src = write_jsonl(tmp_path / "many.jsonl", judge_rows(30_000))
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        f'[[instances]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\n'
+        f'model = "{MODEL}"\nconcurrency = 32\n'
+    )
+    env = dict(
+        clean_env,
+        VFLEET_BROKER_URL=redis_url,
+        VFLEET_FLEET_FILE=str(fleet),
+        VFLEET_DATABASE_URL=f"sqlite:///{tmp_path / 'many.db'}",
+    )
+    res = vfleet("enqueue", str(src), "--batch", "many", "--key", "id", "--json", env=env)
+    assert res.returncode == 0, res.stderr
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.llen(QUEUE) == 64  # 2 x 32, not 30,000
+    finally:
+        client.close()
+
+
+def test_worker_refuses_to_start_with_a_visibility_timeout_too_short(
+    tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('[[instances]]\nname = "a"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n')
+    env = dict(
+        clean_env,
+        VFLEET_FLEET_FILE=str(fleet),
+        VFLEET_VISIBILITY_TIMEOUT="100",
+        VFLEET_DATABASE_URL=f"sqlite:///{tmp_path / 'v.db'}",
+    )
+    res = vfleet("worker", "--instance", "a", env=env)
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "visibility_timeout" in res.stderr
+
+
+def _consumes_shared(p: Pipeline, name: str) -> bool:
+    app = create_app(p.settings)
+    replies = app.control.inspect(timeout=1.0).active_queues() or {}
+    queues = next((qs for node, qs in replies.items() if node.startswith(f"{name}@")), None)
+    assert queues is not None, f"{name} did not answer"
+    return any(q["name"] == QUEUE for q in queues)
+
+
+@pytest.mark.slow
+def test_health_gate_stops_and_resumes_consuming_within_5_seconds(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    broker = redis_server.url.rsplit("/", 1)[0] + "/4"
+    with Pipeline(tmp_path, broker, instances=2) as p:
+        sim = p.sims[0]
+        assert sim is not None
+        p.enqueue(write_jsonl(tmp_path / "g.jsonl", judge_rows(400, prefix="g")), "gate")
+        assert _consumes_shared(p, "sim-1")
+        httpx2.post(f"{sim.root_urls[0]}/sim/kill", timeout=5)
+        killed = time.monotonic()
+        wait_for(
+            lambda: not _consumes_shared(p, "sim-1"),
+            timeout=5,
+            interval=0.3,
+            what="sim-1's worker to cancel its shared consumer",
+        )
+        gated_after = time.monotonic() - killed
+        p.wait_done("gate", 400)
+        httpx2.post(f"{sim.root_urls[0]}/sim/revive", timeout=5)
+        revived = time.monotonic()
+        wait_for(
+            lambda: _consumes_shared(p, "sim-1"),
+            timeout=5,
+            interval=0.3,
+            what="sim-1's worker to consume again",
+        )
+        print(
+            f"gate closed {gated_after:.1f}s after death, reopened "
+            f"{time.monotonic() - revived:.1f}s after recovery"
+        )
+        assert p.counts("gate")["failed"] == 0
+
+
+@pytest.mark.slow
+def test_shared_routing_beats_round_robin_on_a_heterogeneous_fleet(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    broker = redis_server.url.rsplit("/", 1)[0] + "/5"
+    args = ("--max-num-seqs", "4", "--ttft", "0.4", "--itl", "0.001", "--output-tokens", "5")
+    times: dict[str, float] = {}
+    pipeline = Pipeline(tmp_path, broker, instances=4, concurrency=4, sim_args=args)
+    pipeline.per_instance_args = {3: ("--slow", f"{pipeline.ports[3]}:4")}  # 4x slower
+    with pipeline as p:
+        for route in ("shared", "round-robin"):
+            src = write_jsonl(tmp_path / f"{route}.jsonl", judge_rows(160, prefix=route[:2]))
+            started = time.monotonic()
+            p.enqueue(src, route, "--route", route)
+            p.wait_done(route, 160, timeout=240)
+            times[route] = time.monotonic() - started
+        slow_share = {r: sum(1 for x in p.records(r) if x.instance == "sim-4") for r in times}
+    print(
+        f"heterogeneous fleet: shared {times['shared']:.1f}s, round-robin "
+        f"{times['round-robin']:.1f}s, slow instance share {slow_share}"
+    )
+    assert slow_share["round-robin"] == 40  # pushed a quarter to the slow one
+    assert slow_share["shared"] < 40  # pulled less by the slow one
+    assert times["shared"] < 0.8 * times["round-robin"]
+
+
+@pytest.mark.slow
+def test_retry_requeues_failed_records_of_one_kind(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    broker = redis_server.url.rsplit("/", 1)[0] + "/8"
+    with Pipeline(tmp_path, broker, instances=1) as p:
+        rows = judge_rows(30, prefix="t")
+        for r in rows[:5]:
+            del r["answer"]
+        p.enqueue(write_jsonl(tmp_path / "t.jsonl", rows), "retry")
+        assert p.wait_done("retry", 30)["failed"] == 5
+        res = p.cli("retry", "retry", "--error-kind", "timeout")
+        assert res.returncode == 0 and "0 failed records queued again" in res.stdout
+        res = p.cli("retry", "retry", "--error-kind", "template")
+        assert res.returncode == 0 and "5 failed records queued again" in res.stdout
+        # Still missing their field: they fail again, with attempts counted afresh.
+        wait_for(
+            lambda: p.counts("retry")["queued"] == 0 and p.counts("retry")["failed"] == 5,
+            timeout=60,
+            what="the retried records to fail again",
+        )
+        assert all(r.attempts == 1 for r in p.records("retry") if r.status == "failed")

@@ -1,0 +1,167 @@
+"""The ledger on SQLite and PostgreSQL: migrations, dedupe, claims, leases."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import inspect
+
+from workers.errors import BatchNotFoundError, ConfigError
+from workers.store.engine import make_engine
+from workers.store.ledger import Ledger, Outcome, iter_records
+from workers.store.migrate import current_revision, ensure_schema, head_revision, upgrade
+from workers.store.models import utcnow
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def ledger(database_url: str) -> Iterator[Ledger]:
+    engine = make_engine(database_url, pool_size=20)
+    upgrade(engine)
+    yield Ledger(engine)
+    engine.dispose()
+
+
+def _batch(ledger: Ledger, name: str = "b1"):  # type: ignore[no-untyped-def]
+    info, _ = ledger.create_batch(
+        name=name, spec_name="judge", spec={"template": "x"}, model="m", route="shared"
+    )
+    return info
+
+
+def _rows(n: int, start: int = 0) -> list[tuple[str, int, dict[str, object]]]:
+    return [(f"k{i}", i, {"i": i, "text": f"record {i}"}) for i in range(start, start + n)]
+
+
+def test_migration_creates_every_table_and_is_idempotent(database_url: str) -> None:
+    engine = make_engine(database_url)
+    assert current_revision(engine) is None
+    upgrade(engine)
+    ensure_schema(engine)
+    assert current_revision(engine) == head_revision()
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"batches", "records", "gpu_snapshots", "vllm_snapshots"} <= tables
+
+
+def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    with engine.connect() as conn:
+        mode = conn.exec_driver_sql("PRAGMA journal_mode").scalar()
+    engine.dispose()
+    assert mode == "wal"
+
+
+def test_adding_the_same_keys_twice_adds_nothing(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    assert ledger.add_records(b.id, _rows(5000), chunk=700) == 5000
+    assert ledger.add_records(b.id, _rows(5100), chunk=700) == 100
+    assert ledger.set_total(b.id) == 5100
+    assert ledger.counts(b.id)["queued"] == 5100
+
+
+def test_same_batch_name_with_another_spec_is_refused(ledger: Ledger) -> None:
+    _batch(ledger)
+    again, new = ledger.create_batch(
+        name="b1", spec_name="judge", spec={"template": "x"}, model="m", route="shared"
+    )
+    assert not new
+    with pytest.raises(ConfigError, match="another spec"):
+        ledger.create_batch(
+            name="b1", spec_name="judge", spec={"template": "y"}, model="m", route="shared"
+        )
+    with pytest.raises(BatchNotFoundError):
+        ledger.batch("nope")
+    assert again.name == "b1"
+
+
+def test_only_one_of_many_racing_workers_claims_a_record(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    ledger.add_records(b.id, _rows(20))
+    ids = ledger.unpublished(b.id, limit=100)
+    wins: list[tuple[int, str]] = []
+    lock = threading.Lock()
+
+    def grab(worker: str) -> None:
+        for rid in ids:
+            claim = ledger.claim(rid, worker=worker, instance="i", task_id=None, lease_seconds=60)
+            if claim is not None:
+                with lock:
+                    wins.append((rid, worker))
+
+    threads = [threading.Thread(target=grab, args=(f"w{n}",)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r for r, _ in wins) == sorted(ids)
+    assert ledger.counts(b.id)["running"] == 20
+
+
+def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    ledger.add_records(b.id, _rows(1))
+    (rid,) = ledger.unpublished(b.id, limit=1)
+    first = ledger.claim(rid, worker="a", instance="i", task_id="t1", lease_seconds=30)
+    assert first is not None and first.attempts == 1
+    assert ledger.claim(rid, worker="b", instance="i", task_id="t2", lease_seconds=30) is None
+    later = utcnow() + timedelta(seconds=31)
+    second = ledger.claim(rid, worker="b", instance="i", task_id="t2", lease_seconds=30, now=later)
+    assert second is not None and second.attempts == 2
+    outcome = Outcome("late", None, 1, 1, 5.0)
+    assert not ledger.succeed(first, outcome)
+    assert ledger.succeed(second, Outcome("ok", {"score": 3}, 10, 4, 12.5))
+    assert ledger.counts(b.id)["succeeded"] == 1
+    (record,) = list(iter_records(ledger.engine, b.id))
+    assert (record.output_text, record.output, record.worker) == ("ok", {"score": 3}, "b")
+    assert record.lease_until is None and record.finished_at is not None
+
+
+def test_retry_then_fail_keeps_attempts_and_reason(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    ledger.add_records(b.id, _rows(1))
+    (rid,) = ledger.unpublished(b.id, limit=1)
+    claim = ledger.claim(rid, worker="a", instance="i", task_id=None, lease_seconds=30)
+    assert claim is not None
+    assert ledger.retry_later(claim, kind="server", message="503: engine dead")
+    again = ledger.claim(rid, worker="a", instance="i", task_id=None, lease_seconds=30)
+    assert again is not None and again.attempts == 2
+    assert ledger.fail(again, kind="context_length", message="too long", raw=None)
+    (record,) = list(iter_records(ledger.engine, b.id))
+    assert (record.status, record.attempts, record.error_kind) == ("failed", 2, "context_length")
+    assert ledger.claim(rid, worker="a", instance="i", task_id=None, lease_seconds=30) is None
+
+
+def test_records_stream_back_in_input_order(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    rows = _rows(2500)
+    rows.reverse()
+    ledger.add_records(b.id, rows)
+    seqs = [r.seq for r in iter_records(ledger.engine, b.id, chunk=300)]
+    assert seqs == list(range(2500))
+
+
+def test_published_marks_leave_only_new_records_unpublished(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    ledger.add_records(b.id, _rows(10))
+    first = ledger.unpublished(b.id, limit=100)
+    ledger.mark_published(first)
+    ledger.add_records(b.id, _rows(15))
+    assert len(ledger.unpublished(b.id, limit=100)) == 5
+
+
+def test_a_record_retried_after_its_batch_was_cancelled_ends_cancelled(ledger: Ledger) -> None:
+    b = _batch(ledger)
+    ledger.add_records(b.id, _rows(2))
+    first, second = ledger.unpublished(b.id, limit=2)
+    claim = ledger.claim(first, worker="a", instance="i", task_id=None, lease_seconds=30)
+    assert claim is not None
+    assert ledger.cancel(b.id) == 1  # the queued one; the running one finishes its attempt
+    assert ledger.retry_later(claim, kind="server", message="503")
+    counts = ledger.counts(b.id)
+    assert counts["cancelled"] == 2 and counts["retry"] == 0
+    assert ledger.claim(second, worker="a", instance="i", task_id=None, lease_seconds=30) is None

@@ -1,0 +1,147 @@
+"""The beat: what it schedules, and the Redis lock that keeps it to one process.
+
+Entries go to the ``scan`` queue and expire just before the next tick, so nothing piles up
+while the scan worker is down. Exactly one beat runs: ``--pidfile`` keeps a second one off
+this host, and :class:`BeatLock` (``SET NX`` with a TTL the running beat keeps refreshing)
+keeps it off every other host sharing the broker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from workers.errors import VfleetError
+from workers.keys import BEAT_LOCK
+from workers.monitor_settings import MonitorSettings
+from workers.queues import SCAN_QUEUE
+from workers.tasks.scan import (
+    PRUNE_SNAPSHOTS_TASK,
+    RECONCILE_TASK,
+    SCAN_GPUS_TASK,
+    SCAN_VLLM_TASK,
+)
+
+if TYPE_CHECKING:
+    import redis
+
+logger = logging.getLogger(__name__)
+
+# An entry expires at this fraction of its interval: a late message is dropped, not run.
+EXPIRES_FRACTION = 0.9
+
+_REFRESH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+class BeatAlreadyRunningError(VfleetError):
+    """Another beat holds the beat lock."""
+
+
+def schedule_entry(task: str, every: float) -> dict[str, Any]:
+    return {
+        "task": task,
+        "schedule": every,
+        "options": {"queue": SCAN_QUEUE, "expires": max(1.0, every * EXPIRES_FRACTION)},
+    }
+
+
+def beat_schedule(monitor: MonitorSettings) -> dict[str, dict[str, Any]]:
+    """Celery's ``beat_schedule``: GPU and vLLM scans, pruning, the reconciler."""
+    return {
+        "scan-gpus": schedule_entry(SCAN_GPUS_TASK, monitor.gpu_scan_interval),
+        "scan-vllm": schedule_entry(SCAN_VLLM_TASK, monitor.vllm_scan_interval),
+        "prune-snapshots": schedule_entry(PRUNE_SNAPSHOTS_TASK, monitor.prune_interval),
+        "reconcile": schedule_entry(RECONCILE_TASK, monitor.beat_reconcile_interval),
+    }
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+class BeatLock:
+    """Hold ``key`` in Redis while the beat runs; refresh its TTL every third of it.
+
+    If the lock is lost (expired while the process stalled, and taken by another beat),
+    ``on_lost`` is called — by default this process stops itself with SIGTERM.
+    """
+
+    def __init__(
+        self,
+        redis_client: redis.Redis,
+        *,
+        ttl: float,
+        key: str = BEAT_LOCK,
+        on_lost: Callable[[], None] = _terminate_self,
+    ) -> None:
+        self.redis = redis_client
+        self.ttl_ms = int(ttl * 1000)
+        self.key = key
+        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.on_lost = on_lost
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise :class:`BeatAlreadyRunningError` naming its holder."""
+        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+            self._thread = threading.Thread(target=self._refresh, name="beat-lock", daemon=True)
+            self._thread.start()
+            logger.info("beat lock %s taken by %s", self.key, self.token)
+            return
+        holder: Any = self.redis.get(self.key)
+        left: Any = self.redis.pttl(self.key)
+        who = holder.decode() if isinstance(holder, bytes) else str(holder)
+        raise BeatAlreadyRunningError(
+            f"another beat is running ({who} holds {self.key}, expires in "
+            f"{max(0, int(left)) / 1000:.0f}s); exactly one beat may run per broker"
+        )
+
+    def _refresh(self) -> None:
+        interval = self.ttl_ms / 3000
+        while not self._stop.wait(interval):
+            try:
+                held = self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
+            except Exception as e:  # Redis down: keep trying until the TTL runs out
+                logger.warning("beat lock refresh failed: %s", e)
+                continue
+            if not held:
+                logger.error("beat lock %s lost to another beat: stopping", self.key)
+                self.on_lost()
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.redis.eval(_RELEASE, 1, self.key, self.token)
+        except Exception as e:  # the TTL frees it anyway
+            logger.warning("beat lock release failed: %s", e)
+
+    def __enter__(self) -> BeatLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()

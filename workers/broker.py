@@ -1,0 +1,68 @@
+"""What the Redis broker holds right now, read without consuming anything.
+
+kombu's Redis transport keeps a queue as a list of JSON envelopes and the messages that
+workers fetched but have not acked in the hash ``unacked``. The reconciler compares the
+record ids found here with the ledger; the feeder reads queue lengths.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import redis
+
+from workers.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
+from workers.queues import PROCESS_RECORD_TASK
+
+logger = logging.getLogger(__name__)
+
+
+def record_id_of(envelope: dict[str, Any]) -> int | None:
+    """The record id a kombu envelope carries, or None if it is not a record task."""
+    headers = envelope.get("headers") or {}
+    if headers.get("task") != PROCESS_RECORD_TASK:
+        return None
+    body: Any = envelope.get("body", "")
+    if (envelope.get("properties") or {}).get("body_encoding") == "base64":
+        body = base64.b64decode(body)
+    try:
+        args = json.loads(body)[0]
+        return int(args[0])
+    except (ValueError, TypeError, IndexError, KeyError):
+        return None
+
+
+def _record_id(raw: bytes | str, *, wrapped: bool) -> int | None:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    envelope = data[0] if wrapped and isinstance(data, list) and data else data
+    return record_id_of(envelope) if isinstance(envelope, dict) else None
+
+
+def live_messages(client: redis.Redis, queues: Iterable[str]) -> dict[int, float | None]:
+    """Record ids that have a message in Redis right now.
+
+    The value is None for a message waiting in one of ``queues``, or the time a worker
+    fetched it (kombu's ``unacked_index``) for one fetched and not yet acked.
+    """
+    found: dict[int, float | None] = {}
+    for queue in queues:
+        for raw in client.lrange(queue, 0, -1):  # type: ignore[union-attr]
+            if (rid := _record_id(raw, wrapped=False)) is not None:
+                found[rid] = None
+    fetched = dict(client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True))  # type: ignore[arg-type]
+    for tag, raw in client.hgetall(KOMBU_UNACKED).items():  # type: ignore[union-attr]
+        rid = _record_id(raw, wrapped=True)
+        if rid is not None and found.get(rid, 0.0) is not None:
+            found[rid] = max(float(fetched.get(tag, 0.0)), found.get(rid) or 0.0)
+    return found
+
+
+def queue_length(client: redis.Redis, queue: str) -> int:
+    return int(client.llen(queue))  # type: ignore[arg-type]

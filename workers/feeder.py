@@ -1,0 +1,148 @@
+"""Keep Redis fed from SQL, a window at a time, and re-publish what Redis lost.
+
+* :meth:`Feeder.feed` tops each queue up to its window (a small multiple of the
+  concurrency that consumes it) with the next unpublished records, in input order, so a
+  batch of 10^7 records never sits in Redis at once.
+* :meth:`Feeder.reconcile` finds records that should have a live message but have none
+  (Redis restarted, a worker was SIGKILLed between fetch and ack, a lease expired) and
+  publishes them again. A duplicate message is harmless: the claim lets one through.
+
+Both run under a Redis lock, so many workers may call them and one does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import redis
+
+from workers.broker import live_messages, queue_length
+from workers.dispatch import Dispatcher
+from workers.fleet import Fleet
+from workers.keys import FEED_LOCK, RECONCILE_LOCK
+from workers.queues import instance_queue, shared_queue
+from workers.routes import Route
+from workers.settings import Settings
+from workers.store.ledger import BatchInfo, Ledger
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RECONCILE_LIMIT = 5000
+LOCK_TIMEOUT = 30.0
+
+
+class Feeder:
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        dispatcher: Dispatcher,
+        redis_client: redis.Redis,
+        fleet: Fleet,
+        settings: Settings,
+    ) -> None:
+        self.ledger = ledger
+        self.dispatcher = dispatcher
+        self.redis = redis_client
+        self.fleet = fleet
+        self.settings = settings
+
+    def _window(self, concurrency: int) -> int:
+        return max(self.settings.window_min, int(self.settings.window_factor * concurrency))
+
+    def queues_of(self, batch: BatchInfo) -> dict[str, int]:
+        """The queues ``batch`` is published to, each with its window."""
+        if batch.route == Route.SHARED or not batch.targets:
+            serving = sum(i.concurrency for i in self.fleet.instances if i.model == batch.model)
+            return {shared_queue(batch.model): self._window(serving)}
+        known = {i.name: i.concurrency for i in self.fleet.instances}
+        return {instance_queue(t): self._window(known.get(t, 0)) for t in batch.targets}
+
+    @contextmanager
+    def _locked(self, name: str) -> Iterator[bool]:
+        lock = self.redis.lock(name, timeout=LOCK_TIMEOUT, blocking=False)
+        got = lock.acquire()
+        try:
+            yield bool(got)
+        finally:
+            if got:
+                lock.release()
+
+    def feed(self) -> int:
+        """Top every queue up to its window; returns how many records were published."""
+        with self._locked(FEED_LOCK) as mine:
+            return self._feed() if mine else 0
+
+    def _feed(self) -> int:
+        room: dict[str, int] = {}
+        published = 0
+        for batch in self.ledger.active_batches():
+            queues = self.queues_of(batch)
+            for queue, window in queues.items():
+                if queue not in room:
+                    room[queue] = max(0, window - queue_length(self.redis, queue))
+            free = sum(room[q] for q in queues)
+            if free <= 0:
+                continue
+            ids = self.ledger.unpublished(batch.id, limit=free)
+            if not ids:
+                continue
+            self.dispatcher.publish(batch, ids)
+            self.ledger.mark_published(ids)
+            published += len(ids)
+            _spend(room, list(queues), len(ids))
+        if published:
+            logger.info("fed %s records into Redis", published)
+        return published
+
+    def reconcile(self) -> int:
+        """Re-publish records that have no live message; returns how many."""
+        with self._locked(RECONCILE_LOCK) as mine:
+            return self._reconcile() if mine else 0
+
+    def _reconcile(self) -> int:
+        stale = self.ledger.stale(
+            grace_seconds=self.settings.reconcile_grace, limit=DEFAULT_RECONCILE_LIMIT
+        )
+        if not stale:
+            return 0
+        batches = {b.id: b for b in self.ledger.active_batches()}
+        queues = {q for b in batches.values() for q in self.queues_of(b)}
+        live = live_messages(self.redis, queues)
+        # A message a worker fetched this long ago and still holds, for a record nobody is
+        # running, was fetched by a worker that died (or it waits out a retry countdown,
+        # which never exceeds retry_backoff_max).
+        held_too_long = (
+            time.time() - self.settings.reconcile_grace - self.settings.retry_backoff_max
+        )
+        missing: dict[int, list[int]] = defaultdict(list)
+        for record_id, batch_id, orphaned in stale:
+            if batch_id not in batches:
+                continue
+            fetched_at = live.get(record_id, -1.0)
+            has_message = record_id in live and (fetched_at is None or fetched_at > held_too_long)
+            if orphaned or not has_message:
+                missing[batch_id].append(record_id)
+        total = 0
+        for batch_id, ids in missing.items():
+            self.dispatcher.publish(batches[batch_id], ids)
+            self.ledger.mark_published(ids)
+            total += len(ids)
+            logger.warning(
+                "batch %s: re-published %s records that had no live message",
+                batches[batch_id].name,
+                len(ids),
+            )
+        return total
+
+
+def _spend(room: dict[str, int], queues: list[str], n: int) -> None:
+    """Take ``n`` from the rooms of ``queues`` (round-robin spreads evenly)."""
+    for queue in queues:
+        take = min(room[queue], n)
+        room[queue] -= take
+        n -= take

@@ -1,0 +1,102 @@
+"""A background thread in every instance worker: gate, leases, feeding, reconciling.
+
+Every job here is cheap and idempotent, and the shared ones (feed, reconcile) run under a
+Redis lock, so any number of workers may run them: the fleet keeps itself fed with no
+extra process, and beat's ``vfleet.reconcile`` is a second line of defence.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import redis
+
+from workers.feeder import Feeder
+from workers.keys import health_key
+from workers.runtime import WorkerRuntime
+
+logger = logging.getLogger(__name__)
+
+HEALTH_TTL_INTERVALS = 5
+
+
+@dataclass
+class _Job:
+    name: str
+    interval: float
+    run: Callable[[], object]
+    due: float = 0.0
+
+
+class Housekeeper(threading.Thread):
+    """Runs the periodic jobs until :meth:`stop`."""
+
+    def __init__(
+        self,
+        *,
+        runtime: WorkerRuntime,
+        feeder: Feeder,
+        redis_client: redis.Redis,
+        on_gate_change: Callable[[bool], None],
+    ) -> None:
+        super().__init__(name="vfleet-housekeeper", daemon=True)
+        self.runtime = runtime
+        self.feeder = feeder
+        self.redis = redis_client
+        self.on_gate_change = on_gate_change
+        self._stop_event = threading.Event()
+        s = runtime.settings
+        self.jobs = [
+            _Job("leases", s.lease_seconds / 4, runtime.renew_leases),
+            _Job("feed", s.feed_interval, feeder.feed),
+            _Job(
+                "reconcile",
+                s.reconcile_interval,
+                feeder.reconcile,
+                due=time.monotonic() + s.reconcile_interval,
+            ),
+        ]
+        if runtime.gate is not None:
+            self.jobs.insert(0, _Job("health", s.health_interval, self.check_health))
+
+    def check_health(self) -> None:
+        gate = self.runtime.gate
+        if gate is None:
+            return
+        flipped = gate.step()
+        name = self.runtime.instance.name
+        state = {
+            "healthy": gate.healthy,
+            "checked_at": time.time(),
+            "error": None if gate.last.healthy else gate.last.detail,
+        }
+        ttl = max(1, int(self.runtime.settings.health_interval * HEALTH_TTL_INTERVALS))
+        self.redis.set(health_key(name), json.dumps(state), ex=ttl)
+        if flipped is not None:
+            logger.warning(
+                "instance %s is %s (%s)", name, "up" if flipped else "DOWN", gate.last.detail
+            )
+            self.on_gate_change(flipped)
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            now = time.monotonic()
+            for job in self.jobs:
+                if now >= job.due:
+                    job.due = now + job.interval
+                    try:
+                        job.run()
+                    except Exception:  # a failed round must not end the thread
+                        logger.exception("housekeeping job %s failed", job.name)
+            wake = min(j.due for j in self.jobs) - time.monotonic()
+            self._stop_event.wait(max(0.05, wake))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop_event.set()
+        if self.is_alive():
+            self.join(timeout)

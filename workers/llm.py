@@ -1,0 +1,166 @@
+"""The call to an OpenAI-compatible instance, with errors mapped onto our tree.
+
+The ``openai`` client retries nothing here (``max_retries=0``): retries are Celery's, so
+that a retried record goes back to the shared queue and any instance can take it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
+import openai
+
+from workers import errors
+from workers.fleet import InstanceConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 300.0
+DEFAULT_CONNECT_TIMEOUT = 10.0
+_CONTEXT_MARKERS = ("maximum context length", "context length", "context_length")
+# Sampling parameters the OpenAI API names; anything else (top_k, min_p,
+# repetition_penalty...) is vLLM's own and travels in ``extra_body``.
+OPENAI_PARAMS = frozenset(
+    {
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "max_completion_tokens",
+        "seed",
+        "stop",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    finish_reason: str | None
+
+
+def _retry_after(response: httpx2.Response) -> float | None:
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
+
+
+def classify(exc: openai.OpenAIError) -> errors.RecordError:
+    """Map an ``openai`` exception to a transient or permanent :class:`RecordError`."""
+    msg = str(exc).splitlines()[0][:500] if str(exc) else exc.__class__.__name__
+    if isinstance(exc, openai.APITimeoutError):
+        return errors.RequestTimeoutError(f"timeout: {msg}")
+    if isinstance(exc, openai.APIConnectionError):
+        return errors.ConnectError(f"connection failed: {msg}")
+    if isinstance(exc, openai.RateLimitError):
+        return errors.RateLimitedError(f"429: {msg}", retry_after=_retry_after(exc.response))
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if status >= 500 or status in (408, 409):
+            return errors.ServerError(f"{status}: {msg}", retry_after=_retry_after(exc.response))
+        if status == 400 and any(m in msg.lower() for m in _CONTEXT_MARKERS):
+            return errors.ContextLengthError(f"context length: {msg}")
+        return errors.BadRequestError(f"{status}: {msg}")
+    return errors.BadRequestError(f"{exc.__class__.__name__}: {msg}")
+
+
+class LLMClient:
+    """Chat completions against one instance. Thread-safe; share one per worker process."""
+
+    def __init__(
+        self,
+        instance: InstanceConfig,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        http_client: httpx2.Client | None = None,
+    ) -> None:
+        self.instance = instance
+        self._client = openai.OpenAI(
+            base_url=instance.base_url,
+            api_key=instance.api_key(),
+            max_retries=0,
+            timeout=httpx2.Timeout(timeout, connect=connect_timeout),
+            http_client=http_client,
+        )
+
+    def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        params: dict[str, Any],
+        response_format: dict[str, Any] | None = None,
+    ) -> Completion:
+        """Send one chat completion. Raises a :class:`workers.errors.RecordError`."""
+        extra: dict[str, Any] = {k: v for k, v in params.items() if k in OPENAI_PARAMS}
+        vllm_only = {k: v for k, v in params.items() if k not in OPENAI_PARAMS}
+        if vllm_only:
+            extra["extra_body"] = vllm_only
+        if response_format is not None:
+            extra["response_format"] = response_format
+        try:
+            resp = self._client.chat.completions.create(
+                model=self.instance.model,
+                messages=messages,  # type: ignore[arg-type]
+                **extra,
+            )
+        except openai.OpenAIError as e:
+            raise classify(e) from e
+        if not resp.choices:
+            raise errors.ServerError("the server answered with no choices")
+        choice = resp.choices[0]
+        usage = resp.usage
+        return Completion(
+            text=choice.message.content or "",
+            prompt_tokens=usage.prompt_tokens if usage else None,
+            completion_tokens=usage.completion_tokens if usage else None,
+            finish_reason=choice.finish_reason,
+        )
+
+    # -- OpenAI batch files: a request body sent as it is (issue 8) -----------------------
+
+    def send(self, path: str, body: dict[str, Any]) -> RawResponse:
+        """POST ``body`` to ``path`` (``/chat/completions`` or ``/completions``, relative
+        to the base URL) with ``model`` set to this instance's; every other field is kept.
+
+        Returns the status, request id and JSON body. Raises a
+        :class:`workers.errors.RecordError` for an error answer or a failed call.
+        """
+        payload = {**body, "model": self.instance.model}
+        try:
+            resp = self._client.post(path, body=payload, cast_to=httpx2.Response)
+        except openai.OpenAIError as e:
+            raise classify(e) from e
+        try:
+            data = resp.json()
+        except ValueError as e:
+            raise errors.ServerError(f"{resp.status_code}: the answer is not JSON") from e
+        if not isinstance(data, dict):
+            raise errors.ServerError(f"{resp.status_code}: the answer is not a JSON object")
+        return RawResponse(resp.status_code, resp.headers.get("x-request-id"), data)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    """An answer to :meth:`LLMClient.send`: what an OpenAI batch output line holds."""
+
+    status_code: int
+    request_id: str | None
+    body: dict[str, Any]

@@ -1,0 +1,85 @@
+"""Where a record's result came from: instance, host, GPU indices, model id, max_model_len.
+
+:class:`InstanceProvenance` asks the instance's ``/v1/models`` once (the served model's id
+and ``max_model_len``) and caches the answer; a failed lookup is retried after
+:data:`RETRY_SECONDS`, and the fleet file's facts are returned meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx2
+
+from workers.fleet import InstanceConfig
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_TIMEOUT = 5.0
+RETRY_SECONDS = 60.0
+
+
+class InstanceProvenance:
+    """The provenance dict of one instance's results. Thread-safe."""
+
+    def __init__(
+        self,
+        instance: InstanceConfig,
+        *,
+        http_client: httpx2.Client | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        self.instance = instance
+        self._http = http_client
+        self._timeout = timeout
+        self._lock = threading.Lock()
+        self._cached: dict[str, Any] | None = None
+        self._failed_at: float | None = None
+
+    def get(self) -> dict[str, Any]:
+        """Return ``{"instance", "host", "worker_host", "gpus", "model", "max_model_len"}``."""
+        with self._lock:
+            if self._cached is not None:
+                return self._cached
+            if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
+                return self._base(None)
+            card = self._fetch()
+            if card is None:
+                self._failed_at = time.monotonic()
+                return self._base(None)
+            self._cached = self._base(card)
+            return self._cached
+
+    def _base(self, card: dict[str, Any] | None) -> dict[str, Any]:
+        inst = self.instance
+        return {
+            "instance": inst.name,
+            "host": inst.host or urlsplit(inst.base_url).hostname,
+            "worker_host": socket.gethostname(),
+            "gpus": list(inst.gpus),
+            "model": (card or {}).get("id") or inst.model,
+            "max_model_len": (card or {}).get("max_model_len"),
+        }
+
+    def _fetch(self) -> dict[str, Any] | None:
+        url = self.instance.base_url.rstrip("/") + "/models"
+        headers = {"Authorization": f"Bearer {self.instance.api_key()}"}
+        try:
+            if self._http is not None:
+                resp = self._http.get(url, headers=headers, timeout=self._timeout)
+            else:
+                resp = httpx2.get(url, headers=headers, timeout=self._timeout)
+            resp.raise_for_status()
+            cards = resp.json().get("data") or []
+        except (httpx2.HTTPError, ValueError, AttributeError) as e:
+            logger.warning("instance %s: /v1/models failed: %s", self.instance.name, e)
+            return None
+        for card in cards:
+            if isinstance(card, dict) and card.get("id") == self.instance.model:
+                return card
+        return cards[0] if cards and isinstance(cards[0], dict) else None

@@ -1,0 +1,1 @@
+"""The SQL ledger: models, engine, migrations and the record state machine."""

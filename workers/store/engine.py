@@ -1,0 +1,51 @@
+"""Engines for the ledger: SQLite in WAL mode by default, PostgreSQL for several hosts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from workers.errors import ConfigError
+
+DEFAULT_SQLITE_BUSY_TIMEOUT_MS = 60_000
+DEFAULT_POOL_SIZE = 8
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    # WAL lets readers (status, export) run beside writing workers; the busy timeout
+    # makes concurrent writers from several worker processes wait instead of failing.
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute(f"PRAGMA busy_timeout={DEFAULT_SQLITE_BUSY_TIMEOUT_MS}")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
+    """Return an engine for ``url``. Raises :class:`ConfigError` for a malformed URL."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as e:
+        raise ConfigError(f"database URL {url!r} is not valid: {e}") from e
+    if parsed.get_backend_name() == "sqlite":
+        engine = create_engine(
+            parsed,
+            connect_args={
+                "timeout": DEFAULT_SQLITE_BUSY_TIMEOUT_MS / 1000,
+                "check_same_thread": False,
+            },
+            pool_size=pool_size,
+            max_overflow=pool_size * 4,
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    try:
+        return create_engine(
+            parsed, pool_size=pool_size, max_overflow=pool_size * 4, pool_pre_ping=True
+        )
+    except Exception as e:  # missing driver, unknown dialect
+        raise ConfigError(f"database URL {parsed.render_as_string()}: {e}") from e

@@ -1,0 +1,167 @@
+"""Storing a file's records: new rows, reused results and duplicate keys, chunk by chunk.
+
+:func:`store_rows` is what ``vfleet enqueue`` writes with. Per chunk of rows it
+
+* looks up succeeded records with the same fingerprint (same input, spec, model and
+  sampling parameters) and, when ``reuse`` is on, inserts those rows ``succeeded`` with the
+  stored result copied and ``reused_from`` set, so the fleet never sees them;
+* inserts the rest ``queued``, skipping keys the batch already has (first wins);
+* reports each skipped row whose key the batch holds from another line (a duplicate key,
+  within the file or from an earlier file) with both line numbers. A row skipped because a
+  previous run of the same file stored it (same key, same line) is not a duplicate.
+
+Memory stays flat: nothing is kept across chunks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+
+from workers.store.ledger import DEFAULT_INSERT_CHUNK, Ledger
+from workers.store.models import Record, Status, utcnow
+
+IntakeRow = tuple[str, int, dict[str, Any], str | None]
+"""``(key, seq, input, fingerprint)``; ``seq`` is the record's line in its file."""
+
+OnDuplicate = Callable[[str, int, int], None]
+"""Called with ``(key, line, first_line)`` for a row skipped as a duplicate key."""
+
+_COPIED = ("output_text", "output", "prompt_tokens", "completion_tokens", "latency_ms")
+
+
+@dataclass
+class IntakeResult:
+    added: int = 0
+    reused: int = 0
+    duplicates: int = 0
+
+
+def store_rows(
+    ledger: Ledger,
+    batch_id: int,
+    rows: Iterable[IntakeRow],
+    *,
+    reuse: bool = True,
+    on_duplicate: OnDuplicate | None = None,
+    chunk: int = DEFAULT_INSERT_CHUNK,
+) -> IntakeResult:
+    """Insert ``rows`` into batch ``batch_id``; returns how many were added, reused and
+    skipped as duplicates. See the module docstring."""
+    result = IntakeResult()
+    buf: list[IntakeRow] = []
+    for row in rows:
+        buf.append(row)
+        if len(buf) >= chunk:
+            _store_chunk(ledger, batch_id, buf, reuse, on_duplicate, result)
+            buf = []
+    if buf:
+        _store_chunk(ledger, batch_id, buf, reuse, on_duplicate, result)
+    return result
+
+
+def _store_chunk(
+    ledger: Ledger,
+    batch_id: int,
+    rows: list[IntakeRow],
+    reuse: bool,
+    on_duplicate: OnDuplicate | None,
+    result: IntakeResult,
+) -> None:
+    found = _succeeded_by_fingerprint(ledger, rows) if reuse else {}
+    now = utcnow()
+    values = [_values(batch_id, row, found.get(row[3] or ""), now) for row in rows]
+    dialect = ledger.engine.dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    stmt = (
+        insert(Record)
+        .on_conflict_do_nothing(index_elements=["batch_id", "key"])
+        .returning(Record.key, Record.status)
+    )
+    with ledger.engine.begin() as conn:
+        inserted = {k: s for k, s in conn.execute(stmt, values).all()}
+    result.added += len(inserted)
+    result.reused += sum(1 for s in inserted.values() if s == Status.SUCCEEDED)
+    _report_duplicates(ledger, batch_id, rows, set(inserted), on_duplicate, result)
+
+
+def _values(
+    batch_id: int, row: IntakeRow, source: dict[str, Any] | None, now: Any
+) -> dict[str, Any]:
+    key, seq, data, fingerprint = row
+    values: dict[str, Any] = {
+        "batch_id": batch_id,
+        "key": key,
+        "seq": seq,
+        "input": data,
+        "fingerprint": fingerprint,
+        "status": Status.QUEUED,
+        "attempts": 0,
+        "created_at": now,
+        "started_at": None,
+        "finished_at": None,
+        "reused_from": None,
+        "provenance": None,
+        **dict.fromkeys(_COPIED),
+    }
+    if source is not None:
+        values |= {c: source[c] for c in _COPIED}
+        values |= {
+            "status": Status.SUCCEEDED,
+            "reused_from": source["id"],
+            "provenance": source["provenance"],
+            "started_at": now,
+            "finished_at": now,
+        }
+    return values
+
+
+def _succeeded_by_fingerprint(ledger: Ledger, rows: list[IntakeRow]) -> dict[str, dict[str, Any]]:
+    prints = sorted({r[3] for r in rows if r[3]})
+    if not prints:
+        return {}
+    q = (
+        select(
+            Record.id, Record.fingerprint, Record.provenance, *(getattr(Record, c) for c in _COPIED)
+        )
+        .where(Record.fingerprint.in_(prints), Record.status == Status.SUCCEEDED)
+        .order_by(Record.id)
+    )
+    found: dict[str, dict[str, Any]] = {}
+    with ledger.engine.connect() as conn:
+        for r in conn.execute(q).mappings():
+            found.setdefault(r["fingerprint"], dict(r))  # the oldest result wins
+    return found
+
+
+def _report_duplicates(
+    ledger: Ledger,
+    batch_id: int,
+    rows: list[IntakeRow],
+    inserted: set[str],
+    on_duplicate: OnDuplicate | None,
+    result: IntakeResult,
+) -> None:
+    seen: set[str] = set()
+    skipped: list[tuple[str, int]] = []
+    for key, seq, _, _ in rows:
+        if key not in inserted or key in seen:
+            skipped.append((key, seq))
+        seen.add(key)
+    if not skipped:
+        return
+    q = select(Record.key, Record.seq).where(
+        Record.batch_id == batch_id, Record.key.in_({k for k, _ in skipped})
+    )
+    with ledger.engine.connect() as conn:
+        stored = {k: int(s) for k, s in conn.execute(q)}
+    for key, seq in skipped:
+        first = stored.get(key)
+        if first is not None and first != seq:
+            result.duplicates += 1
+            if on_duplicate is not None:
+                on_duplicate(key, seq, first)

@@ -1,0 +1,570 @@
+"""The record state machine on top of the SQL store.
+
+SQL is the source of truth; Redis only carries record ids. Every state change is one
+conditional UPDATE, so a record has at most one owner and a late or duplicate message
+finds nothing to do:
+
+* :meth:`Ledger.claim` moves ``queued``/``retry`` (or ``running`` with an expired lease)
+  to ``running`` and bumps ``attempts``; the attempt number is the claim's identity.
+* :meth:`Ledger.succeed`, :meth:`Ledger.fail` and :meth:`Ledger.retry_later` only act on
+  the row while it is still ``running`` under that same attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from workers.errors import BatchNotFoundError, ConfigError, StoreError
+from workers.store.models import Batch, Record, Status, utcnow
+
+DEFAULT_INSERT_CHUNK = 2000
+CLAIMABLE = (Status.QUEUED, Status.RETRY)
+
+
+@dataclass(frozen=True)
+class BatchInfo:
+    id: int
+    name: str
+    spec_name: str
+    spec: dict[str, Any]
+    model: str
+    route: str
+    targets: tuple[str, ...] = ()
+    created_at: datetime | None = None
+    cancelled_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A record this worker now owns, under attempt number ``attempts``."""
+
+    record_id: int
+    batch: BatchInfo
+    key: str
+    input: dict[str, Any]
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a successful call produced."""
+
+    output_text: str
+    output: dict[str, Any] | None
+    prompt_tokens: int | None
+    completion_tokens: int | None
+    latency_ms: float
+    # Where it ran: instance, host, GPU indices, model id, max_model_len (records.provenance).
+    provenance: dict[str, Any] | None = None
+
+
+def _info(batch: Batch) -> BatchInfo:
+    return BatchInfo(
+        batch.id,
+        batch.name,
+        batch.spec_name,
+        batch.spec,
+        batch.model,
+        batch.route,
+        tuple(batch.targets or ()),
+        batch.created_at,
+        batch.cancelled_at,
+    )
+
+
+class Ledger:
+    """Reads and moves records. Thread-safe: each call uses its own connection."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._batches: dict[int, BatchInfo] = {}
+        self._lock = threading.Lock()
+
+    # -- batches -----------------------------------------------------------------------
+
+    def create_batch(
+        self,
+        *,
+        name: str,
+        spec_name: str,
+        spec: dict[str, Any],
+        model: str,
+        route: str,
+        targets: Sequence[str] = (),
+        source: str | None = None,
+    ) -> tuple[BatchInfo, bool]:
+        """Return the batch ``name``, creating it; the flag says whether it is new.
+
+        Raises :class:`ConfigError` when it exists with another spec, model or route:
+        re-running an enqueue must not silently mix two prompts in one batch.
+        """
+        with Session(self.engine) as s, s.begin():
+            batch = s.scalar(select(Batch).where(Batch.name == name))
+            if batch is not None:
+                if (batch.spec, batch.model, batch.route, tuple(batch.targets or ())) != (
+                    spec,
+                    model,
+                    route,
+                    tuple(targets),
+                ):
+                    raise ConfigError(
+                        f"batch {name!r} exists with another spec, model or route; "
+                        "use a new --batch name"
+                    )
+                return _info(batch), False
+            batch = Batch(
+                name=name,
+                spec_name=spec_name,
+                spec=spec,
+                model=model,
+                route=route,
+                targets=list(targets) or None,
+                source=source,
+            )
+            s.add(batch)
+            s.flush()
+            return _info(batch), True
+
+    def batch(self, name: str) -> BatchInfo:
+        """Return the batch called ``name``. Raises :class:`BatchNotFoundError`."""
+        with Session(self.engine) as s:
+            batch = s.scalar(select(Batch).where(Batch.name == name))
+            if batch is None:
+                raise BatchNotFoundError(f"no batch named {name!r} (see `vfleet batches`)")
+            return _info(batch)
+
+    def batch_by_id(self, batch_id: int) -> BatchInfo:
+        """Return batch ``batch_id``, cached: a batch's spec never changes."""
+        with self._lock:
+            cached = self._batches.get(batch_id)
+        if cached is not None:
+            return cached
+        with Session(self.engine) as s:
+            batch = s.get(Batch, batch_id)
+            if batch is None:
+                raise BatchNotFoundError(f"no batch with id {batch_id}")
+            info = _info(batch)
+        with self._lock:
+            self._batches[batch_id] = info
+        return info
+
+    def batches(self) -> list[Batch]:
+        with Session(self.engine, expire_on_commit=False) as s:
+            return list(s.scalars(select(Batch).order_by(Batch.id)))
+
+    def set_total(self, batch_id: int) -> int:
+        """Recount the batch's records into ``batches.total`` and return it."""
+        with Session(self.engine) as s, s.begin():
+            n = s.scalar(select(func.count()).where(Record.batch_id == batch_id)) or 0
+            s.execute(update(Batch).where(Batch.id == batch_id).values(total=n))
+            return n
+
+    # -- records in --------------------------------------------------------------------
+
+    def add_records(
+        self,
+        batch_id: int,
+        rows: Iterable[tuple[str, int, dict[str, Any]]],
+        *,
+        chunk: int = DEFAULT_INSERT_CHUNK,
+    ) -> int:
+        """Insert ``(key, seq, input)`` rows, skipping keys the batch already has.
+
+        Returns how many rows were new. Streams ``rows`` in chunks; memory stays flat.
+        """
+        added = 0
+        buf: list[dict[str, Any]] = []
+        for key, seq, data in rows:
+            buf.append(
+                {
+                    "batch_id": batch_id,
+                    "key": key,
+                    "seq": seq,
+                    "input": data,
+                    "status": Status.QUEUED,
+                    "attempts": 0,
+                    "created_at": utcnow(),
+                }
+            )
+            if len(buf) >= chunk:
+                added += self._insert_chunk(buf)
+                buf = []
+        if buf:
+            added += self._insert_chunk(buf)
+        return added
+
+    def _insert_chunk(self, rows: list[dict[str, Any]]) -> int:
+        dialect = self.engine.dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        stmt = (
+            insert(Record)
+            .on_conflict_do_nothing(index_elements=["batch_id", "key"])
+            .returning(Record.id)
+        )
+        # RETURNING yields only the rows actually inserted, so this counts the new ones.
+        with self.engine.begin() as conn:
+            return len(conn.execute(stmt, rows).all())
+
+    def unpublished(self, batch_id: int, *, limit: int) -> list[int]:
+        """Ids of queued records never published, in input order."""
+        q = (
+            select(Record.id)
+            .where(
+                Record.batch_id == batch_id,
+                Record.status == Status.QUEUED,
+                Record.published_at.is_(None),
+            )
+            .order_by(Record.seq)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [int(i) for i in conn.scalars(q)]
+
+    def mark_published(self, ids: Sequence[int]) -> None:
+        if not ids:
+            return
+        with self.engine.begin() as conn:
+            conn.execute(update(Record).where(Record.id.in_(ids)).values(published_at=utcnow()))
+
+    # -- the state machine -------------------------------------------------------------
+
+    def claim(
+        self,
+        record_id: int,
+        *,
+        worker: str,
+        instance: str,
+        task_id: str | None,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> Claim | None:
+        """Take ``record_id`` for this worker; None when someone else has it or it is done."""
+        now = now or utcnow()
+        stmt = (
+            update(Record)
+            .where(
+                Record.id == record_id,
+                or_(
+                    Record.status.in_(CLAIMABLE),
+                    and_(Record.status == Status.RUNNING, Record.lease_until < now),
+                ),
+            )
+            .values(
+                status=Status.RUNNING,
+                attempts=Record.attempts + 1,
+                lease_until=now + timedelta(seconds=lease_seconds),
+                worker=worker,
+                instance=instance,
+                task_id=task_id,
+                started_at=now,
+            )
+            .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
+        )
+        with self.engine.begin() as conn:
+            row = conn.execute(stmt).first()
+        if row is None:
+            return None
+        batch = self.batch_by_id(row.batch_id)
+        return Claim(record_id, batch, row.key, row.input, row.attempts)
+
+    def _finish(self, claim: Claim, log: dict[str, Any] | None = None, **values: Any) -> bool:
+        owned = (
+            Record.id == claim.record_id,
+            Record.status == Status.RUNNING,
+            Record.attempts == claim.attempts,
+        )
+        with self.engine.begin() as conn:
+            if log is not None:
+                # Read-modify-write is safe: the row is ours while it is running under our
+                # attempt number, and the UPDATE below checks that again.
+                row = conn.execute(
+                    select(Record.attempts_log, Record.instance).where(*owned)
+                ).first()
+                if row is None:
+                    return False
+                entry = {"attempt": claim.attempts, "instance": row.instance, **log}
+                values["attempts_log"] = [*(row.attempts_log or []), entry]
+            stmt = update(Record).where(*owned).values(lease_until=None, **values)
+            return conn.execute(stmt).rowcount == 1
+
+    def succeed(self, claim: Claim, outcome: Outcome) -> bool:
+        """Store the result and ``succeeded`` in one transaction; False if the claim was lost."""
+        return self._finish(
+            claim,
+            status=Status.SUCCEEDED,
+            output_text=outcome.output_text,
+            output=outcome.output,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            latency_ms=outcome.latency_ms,
+            provenance=outcome.provenance,
+            error_kind=None,
+            error=None,
+            finished_at=utcnow(),
+        )
+
+    def fail(self, claim: Claim, *, kind: str, message: str, raw: str | None = None) -> bool:
+        """Mark the record ``failed`` with a reason (and the raw answer, if any)."""
+        return self._finish(
+            claim,
+            _log_entry(kind, message, "failed"),
+            status=Status.FAILED,
+            error_kind=kind,
+            error=message,
+            output_text=raw,
+            finished_at=utcnow(),
+        )
+
+    def retry_later(self, claim: Claim, *, kind: str, message: str) -> bool:
+        """Give the record back as ``retry``, keeping the error of this attempt.
+
+        If its batch was cancelled while it ran, it becomes ``cancelled`` instead.
+        """
+        cancelled = (
+            select(Batch.id)
+            .where(Batch.id == Record.batch_id, Batch.cancelled_at.is_not(None))
+            .exists()
+        )
+        # published_at restarts the reconciler's grace: Celery publishes the retry next.
+        return self._finish(
+            claim,
+            _log_entry(kind, message, "retry"),
+            status=case((cancelled, Status.CANCELLED.value), else_=Status.RETRY.value),
+            error_kind=kind,
+            error=message,
+            published_at=utcnow(),
+        )
+
+    def renew(self, record_ids: Sequence[int], *, worker: str, lease_seconds: float) -> int:
+        """Extend the leases of records this worker is still working on; returns how many."""
+        if not record_ids:
+            return 0
+        stmt = (
+            update(Record)
+            .where(
+                Record.id.in_(record_ids), Record.status == Status.RUNNING, Record.worker == worker
+            )
+            .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    def release(self, held: Sequence[tuple[int, int]]) -> int:
+        """Give back ``(record_id, attempts)`` claims unfinished at shutdown: ``queued`` again,
+        unpublished, so the feeder or a restored message hands them to another worker."""
+        n = 0
+        with self.engine.begin() as conn:
+            for record_id, attempts in held:
+                stmt = (
+                    update(Record)
+                    .where(
+                        Record.id == record_id,
+                        Record.status == Status.RUNNING,
+                        Record.attempts == attempts,
+                    )
+                    .values(status=Status.QUEUED, lease_until=None, published_at=None)
+                )
+                n += conn.execute(stmt).rowcount
+        return n
+
+    # -- the feeder and the reconciler ---------------------------------------------------
+
+    def active_batches(self) -> list[BatchInfo]:
+        """Batches that are not cancelled (the feeder's candidates)."""
+        with Session(self.engine) as s:
+            return [
+                _info(b)
+                for b in s.scalars(
+                    select(Batch).where(Batch.cancelled_at.is_(None)).order_by(Batch.id)
+                )
+            ]
+
+    def stale(
+        self, *, grace_seconds: float, limit: int, now: datetime | None = None
+    ) -> list[tuple[int, int, bool]]:
+        """``(record_id, batch_id, orphaned)`` of records that may have no live message:
+        published more than ``grace_seconds`` ago yet still waiting, or running with an
+        expired lease (``orphaned``: its owner stopped renewing the lease, so a message
+        still held for it is held by a dead worker).
+        """
+        now = now or utcnow()
+        before = now - timedelta(seconds=grace_seconds)
+        q = (
+            select(Record.id, Record.batch_id, Record.status)
+            .where(
+                or_(
+                    and_(Record.status.in_(CLAIMABLE), Record.published_at < before),
+                    and_(Record.status == Status.RUNNING, Record.lease_until < now),
+                )
+            )
+            .order_by(Record.id)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [(int(a), int(b), c == Status.RUNNING) for a, b, c in conn.execute(q)]
+
+    def requeue(self, batch_id: int, *, error_kind: str | None = None) -> int:
+        """Put the batch's failed records (of ``error_kind``, if given) back in the queue.
+
+        Attempts restart from zero; the last error stays until the next outcome.
+        """
+        cond = [Record.batch_id == batch_id, Record.status == Status.FAILED]
+        if error_kind is not None:
+            cond.append(Record.error_kind == error_kind)
+        stmt = (
+            update(Record)
+            .where(*cond)
+            .values(
+                status=Status.QUEUED,
+                attempts=0,
+                published_at=None,
+                lease_until=None,
+                finished_at=None,
+            )
+        )
+        with self.engine.begin() as conn:
+            return int(conn.execute(stmt).rowcount)
+
+    # -- reading -----------------------------------------------------------------------
+
+    def counts(self, batch_id: int) -> dict[str, int]:
+        """Records per status (every status present, zeros included)."""
+        q = (
+            select(Record.status, func.count())
+            .where(Record.batch_id == batch_id)
+            .group_by(Record.status)
+        )
+        out = {s.value: 0 for s in Status}
+        with self.engine.connect() as conn:
+            for status, n in conn.execute(q):
+                out[status] = int(n)
+        return out
+
+    def instance_counts(self, batch_id: int) -> dict[str, dict[str, int]]:
+        """Per instance: records per status (only instances that touched the batch)."""
+        q = (
+            select(Record.instance, Record.status, func.count())
+            .where(Record.batch_id == batch_id, Record.instance.is_not(None))
+            .group_by(Record.instance, Record.status)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for inst, status, n in conn.execute(q):
+                out.setdefault(inst or "?", {})[status] = int(n)
+        return out
+
+    def finished_between(self, batch_id: int, since: datetime) -> int:
+        """Records of the batch that reached a final status at or after ``since``."""
+        q = select(func.count()).where(Record.batch_id == batch_id, Record.finished_at >= since)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(q) or 0)
+
+    def first_started(self, batch_id: int) -> datetime | None:
+        q = select(func.min(Record.started_at)).where(Record.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            value = conn.scalar(q)
+        return _aware(value)
+
+    def last_finished(self, batch_id: int) -> datetime | None:
+        q = select(func.max(Record.finished_at)).where(Record.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            value = conn.scalar(q)
+        return _aware(value)
+
+    # -- lifecycle: cancel, redrive, delete ----------------------------------------------
+
+    def cancel(self, batch_id: int) -> int:
+        """Cancel the batch: its ``queued``/``retry`` records become ``cancelled``.
+
+        Running records finish. Returns how many records were cancelled now.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            conn.execute(
+                update(Batch)
+                .where(Batch.id == batch_id, Batch.cancelled_at.is_(None))
+                .values(cancelled_at=now)
+            )
+            stmt = (
+                update(Record)
+                .where(Record.batch_id == batch_id, Record.status.in_(CLAIMABLE))
+                .values(status=Status.CANCELLED, lease_until=None, finished_at=now)
+            )
+            return int(conn.execute(stmt).rowcount)
+
+    def requeue_cancelled(self, batch_id: int) -> int:
+        """Undo a cancel: ``cancelled`` records are ``queued`` again, unpublished, and the
+        batch is active again. Returns how many records were queued."""
+        with self.engine.begin() as conn:
+            conn.execute(update(Batch).where(Batch.id == batch_id).values(cancelled_at=None))
+            stmt = (
+                update(Record)
+                .where(Record.batch_id == batch_id, Record.status == Status.CANCELLED)
+                .values(status=Status.QUEUED, published_at=None, finished_at=None)
+            )
+            return int(conn.execute(stmt).rowcount)
+
+    def delete_batch(self, batch_id: int, *, force: bool = False, chunk: int = 5000) -> int:
+        """Delete the batch's records, then the batch; returns how many records went.
+
+        Raises :class:`StoreError` while records are running, unless ``force``.
+        """
+        running = self.counts(batch_id)[Status.RUNNING]
+        if running and not force:
+            raise StoreError(
+                f"{running} records of the batch are running; cancel it and wait, or use --force"
+            )
+        deleted = 0
+        while True:  # in chunks: one huge DELETE would hold SQLite's write lock for long
+            with self.engine.begin() as conn:
+                ids = select(Record.id).where(Record.batch_id == batch_id).limit(chunk)
+                n = int(conn.execute(delete(Record).where(Record.id.in_(ids))).rowcount)
+            deleted += n
+            if n == 0:
+                break
+        with self.engine.begin() as conn:
+            conn.execute(delete(Batch).where(Batch.id == batch_id))
+        with self._lock:
+            self._batches.pop(batch_id, None)
+        return deleted
+
+
+def iter_records(engine: Engine, batch_id: int, *, chunk: int = 1000) -> Iterator[Record]:
+    """Every record of the batch in input order, streamed ``chunk`` rows at a time."""
+    last_seq, last_id = -1, -1
+    while True:
+        q = (
+            select(Record)
+            .where(
+                Record.batch_id == batch_id,
+                or_(Record.seq > last_seq, and_(Record.seq == last_seq, Record.id > last_id)),
+            )
+            .order_by(Record.seq, Record.id)
+            .limit(chunk)
+        )
+        with Session(engine, expire_on_commit=False) as s:
+            rows = list(s.scalars(q))
+        if not rows:
+            return
+        yield from rows
+        last_seq, last_id = rows[-1].seq, rows[-1].id
+
+
+def _log_entry(kind: str, message: str, outcome: str) -> dict[str, Any]:
+    """One ``attempts_log`` entry (the attempt number and instance are added on write)."""
+    return {"kind": kind, "error": message[:1000], "outcome": outcome, "at": utcnow().isoformat()}
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    # Aggregates bypass the column type, so SQLite hands back naive UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -1,0 +1,47 @@
+"""Open the ledger the settings name, migrating the embedded SQLite on the way."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from workers.errors import StoreError
+from workers.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
+    from workers.store.ledger import Ledger
+
+
+def open_ledger(settings: Settings, *, pool_size: int = 8) -> Ledger:
+    """A ledger on the configured database, migrated if it is the embedded SQLite.
+
+    PostgreSQL is shared by many hosts: it is upgraded only by ``vfleet db upgrade``.
+    """
+    from sqlalchemy.exc import OperationalError
+
+    from workers.store.engine import make_engine
+    from workers.store.ledger import Ledger
+
+    engine = make_engine(settings.database_url, pool_size=pool_size)
+    try:
+        _check_schema(engine)
+    except OperationalError as e:
+        raise StoreError(
+            f"cannot open database {engine.url.render_as_string()}: {str(e.orig).splitlines()[0]}"
+        ) from e
+    return Ledger(engine)
+
+
+def _check_schema(engine: Engine) -> None:
+    from workers.store.migrate import current_revision, ensure_schema, head_revision
+
+    if engine.dialect.name == "sqlite":
+        ensure_schema(engine)
+        return
+    current = current_revision(engine)
+    if current != head_revision():
+        raise StoreError(
+            f"database schema is at {current or 'nothing'}, this vfleet needs "
+            f"{head_revision()}: run `vfleet db upgrade`"
+        )
