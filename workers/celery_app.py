@@ -9,6 +9,7 @@ from kombu.entity import Queue
 
 from workers.fleet import Fleet
 from workers.queues import SCAN_QUEUE, instance_queue, shared_queue
+from workers.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from workers.settings import Settings
 
 # Ctrl-C / SIGQUIT (cold shutdown) waits this long for running tasks; SIGTERM is bounded by
@@ -29,7 +30,7 @@ def declared_queues(fleet: Fleet) -> list[Queue]:
 
 def celery_config(settings: Settings, fleet: Fleet) -> dict[str, Any]:
     """The Celery settings vfleet's delivery semantics rely on (see DESIGN.md)."""
-    return {
+    config: dict[str, Any] = {
         "broker_url": settings.broker_url,
         "broker_connection_retry_on_startup": True,
         # kombu's Redis transport re-delivers an unacked message this long after fetch.
@@ -52,6 +53,9 @@ def celery_config(settings: Settings, fleet: Fleet) -> dict[str, Any]:
         "worker_hijack_root_logger": False,
         "worker_redirect_stdouts": False,
     }
+    if settings.broker_url.startswith("redis://"):
+        config["broker_transport"] = REDIS_TRANSPORT  # kombu's, with clients reused
+    return config
 
 
 def create_app(settings: Settings, *, fleet: Fleet | None = None) -> Celery:

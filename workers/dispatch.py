@@ -3,14 +3,14 @@
 * ``shared``: every id goes to ``llm.<model>``; each instance's workers pull what they can
   handle, so a fast instance takes more and a dead one takes nothing.
 * ``round-robin``: ids are pushed to ``inst.<name>`` queues in turn (the seeds' approach,
-  kept as a baseline).
+  kept as a baseline), skipping instances reported down.
 * ``pinned``: ids go to the named instances' queues only.
 """
 
 from __future__ import annotations
 
-import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 
 from celery import Celery
 
@@ -19,6 +19,9 @@ from workers.fleet import Fleet
 from workers.queues import PROCESS_RECORD_TASK, instance_queue, shared_queue
 from workers.routes import Route
 from workers.store.ledger import BatchInfo
+
+PUBLISH_BATCH = 1000
+"""Redis commands buffered before a publish pipeline is sent."""
 
 
 def route_targets(route: Route, model: str, fleet: Fleet, pinned: Sequence[str]) -> list[str]:
@@ -50,20 +53,32 @@ class Dispatcher:
 
     def __init__(self, app: Celery) -> None:
         self.app = app
-        self._rr: dict[int, Iterator[str]] = {}
+        self._turn: dict[int, int] = {}
 
-    def _queues(self, batch: BatchInfo) -> Iterator[str]:
+    def _queues(self, batch: BatchInfo, n: int, down: AbstractSet[str]) -> list[str]:
         if batch.route == Route.SHARED or not batch.targets:
-            return itertools.repeat(shared_queue(batch.model))
-        if batch.id not in self._rr:
-            self._rr[batch.id] = itertools.cycle([instance_queue(t) for t in batch.targets])
-        return self._rr[batch.id]
+            return [shared_queue(batch.model)] * n
+        targets = [t for t in batch.targets if t not in down or batch.route == Route.PINNED]
+        if not targets:
+            raise ConfigError(f"batch {batch.name}: every instance it is routed to is down")
+        turn = self._turn.get(batch.id, 0)
+        self._turn[batch.id] = turn + n
+        return [instance_queue(targets[(turn + i) % len(targets)]) for i in range(n)]
 
-    def publish(self, batch: BatchInfo, record_ids: Sequence[int]) -> None:
-        """Publish one message per id over a single broker connection."""
-        queues = self._queues(batch)
-        with self.app.producer_or_acquire() as producer:
-            for rid, queue in zip(record_ids, queues, strict=False):
+    def publish(
+        self, batch: BatchInfo, record_ids: Sequence[int], *, down: AbstractSet[str] = frozenset()
+    ) -> None:
+        """Publish one message per id over a single broker connection.
+
+        ``round-robin`` skips the instances in ``down``; ``pinned`` does not (its records
+        wait for their instance). The messages (and their ``task-sent`` events, which go
+        through the same producer) are buffered in kombu's publish batch and sent to Redis
+        in pipelines of up to :data:`PUBLISH_BATCH` commands: one round trip per window,
+        not two per record.
+        """
+        queues = self._queues(batch, len(record_ids), down)
+        with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
+            for rid, queue in zip(record_ids, queues, strict=True):
                 self.app.send_task(
                     PROCESS_RECORD_TASK,
                     args=[rid],

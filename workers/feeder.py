@@ -12,10 +12,12 @@ Both run under a Redis lock, so many workers may call them and one does the work
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from contextlib import contextmanager
 
 import redis
@@ -23,7 +25,7 @@ import redis
 from workers.broker import live_messages, queue_length
 from workers.dispatch import Dispatcher
 from workers.fleet import Fleet
-from workers.keys import FEED_LOCK, RECONCILE_LOCK
+from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key
 from workers.queues import instance_queue, shared_queue
 from workers.routes import Route
 from workers.settings import Settings
@@ -54,13 +56,35 @@ class Feeder:
     def _window(self, concurrency: int) -> int:
         return max(self.settings.window_min, int(self.settings.window_factor * concurrency))
 
-    def queues_of(self, batch: BatchInfo) -> dict[str, int]:
-        """The queues ``batch`` is published to, each with its window."""
+    def queues_of(self, batch: BatchInfo, down: AbstractSet[str] = frozenset()) -> dict[str, int]:
+        """The queues ``batch`` is published to, each with its window.
+
+        A ``round-robin`` batch skips the instances in ``down``; a ``pinned`` one keeps
+        them (its records wait for their instance).
+        """
         if batch.route == Route.SHARED or not batch.targets:
             serving = sum(i.concurrency for i in self.fleet.instances if i.model == batch.model)
             return {shared_queue(batch.model): self._window(serving)}
         known = {i.name: i.concurrency for i in self.fleet.instances}
-        return {instance_queue(t): self._window(known.get(t, 0)) for t in batch.targets}
+        targets = [t for t in batch.targets if t not in down or batch.route == Route.PINNED]
+        return {instance_queue(t): self._window(known.get(t, 0)) for t in targets}
+
+    def down_instances(self) -> frozenset[str]:
+        """Instances whose latest health report (their worker's probe or the vLLM scan)
+        says down. An instance nobody reported on is not taken as down."""
+        names = [i.name for i in self.fleet.instances]
+        if not names:
+            return frozenset()
+        reports = self.redis.mget([health_key(n) for n in names])
+        down = set()
+        for name, raw in zip(names, reports, strict=True):  # type: ignore[arg-type]
+            try:
+                state = json.loads(raw) if raw is not None else None
+            except ValueError:
+                continue
+            if isinstance(state, dict) and state.get("healthy") is False:
+                down.add(name)
+        return frozenset(down)
 
     @contextmanager
     def _locked(self, name: str) -> Iterator[bool]:
@@ -80,8 +104,9 @@ class Feeder:
     def _feed(self) -> int:
         room: dict[str, int] = {}
         published = 0
+        down = self.down_instances()
         for batch in self.ledger.active_batches():
-            queues = self.queues_of(batch)
+            queues = self.queues_of(batch, down)
             for queue, window in queues.items():
                 if queue not in room:
                     room[queue] = max(0, window - queue_length(self.redis, queue))
@@ -91,7 +116,7 @@ class Feeder:
             ids = self.ledger.unpublished(batch.id, limit=free)
             if not ids:
                 continue
-            self.dispatcher.publish(batch, ids)
+            self.dispatcher.publish(batch, ids, down=down)
             self.ledger.mark_published(ids)
             published += len(ids)
             _spend(room, list(queues), len(ids))
@@ -110,8 +135,13 @@ class Feeder:
         )
         if not stale:
             return 0
+        down = self.down_instances()
         batches = {b.id: b for b in self.ledger.active_batches()}
-        queues = {q for b in batches.values() for q in self.queues_of(b)}
+        # Messages waiting in a down instance's queue do not count as live for a
+        # round-robin batch: they are published again to the instances that are up (the
+        # old ones, run when it comes back, find their records claimed or done).
+        queues = {q for b in batches.values() for q in self.queues_of(b, down)}
+        queues |= {shared_queue(b.model) for b in batches.values()}  # given-back messages
         live = live_messages(self.redis, queues)
         # A message a worker fetched this long ago and still holds, for a record nobody is
         # running, was fetched by a worker that died (or it waits out a retry countdown,
@@ -121,7 +151,7 @@ class Feeder:
         )
         missing: dict[int, list[int]] = defaultdict(list)
         for record_id, batch_id, orphaned in stale:
-            if batch_id not in batches:
+            if batch_id not in batches or not self.queues_of(batches[batch_id], down):
                 continue
             fetched_at = live.get(record_id, -1.0)
             has_message = record_id in live and (fetched_at is None or fetched_at > held_too_long)
@@ -129,7 +159,7 @@ class Feeder:
                 missing[batch_id].append(record_id)
         total = 0
         for batch_id, ids in missing.items():
-            self.dispatcher.publish(batches[batch_id], ids)
+            self.dispatcher.publish(batches[batch_id], ids, down=down)
             self.ledger.mark_published(ids)
             total += len(ids)
             logger.warning(

@@ -104,6 +104,28 @@ def test_instance_dies_and_comes_back_without_failing_records(
         assert len(after) > 0 and back_at > 0
 
 
+def test_round_robin_routes_around_an_instance_that_stays_dead(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    with Pipeline(
+        tmp_path, redis.url, sim_args=SLOW_SIM, per_instance_args={0: ("--die-after", "150")}
+    ) as p:
+        p.enqueue(write_jsonl(tmp_path / "rr.jsonl", judge_rows(N, prefix="rr")), "rr",
+                  "--route", "round-robin")  # fmt: skip
+        clock = RecoveryClock(p, "rr")
+        clock.sample()
+        sim = p.sims[0]
+        assert sim is not None
+        sim.process.wait(120)  # the engine is gone for good; its port refuses
+        clock.fault()
+        # Nothing revives sim-1: the records pushed to its queue must move to the others.
+        clock.watch_until_done(N)
+        late = [r for r in p.records("rr") if r.instance == "sim-1" and r.finished_at is not None]
+        _report("round-robin, one instance dead for good", p, "rr", clock)
+        assert p.counts("rr")["failed"] == 0
+        assert len(late) <= 150  # sim-1 answered only before it died
+
+
 def test_redis_restarted_empty_mid_batch_loses_no_record(tmp_path: Path) -> None:
     redis = start_redis()
     try:

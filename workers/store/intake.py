@@ -31,6 +31,7 @@ IntakeRow = tuple[str, int, dict[str, Any], str | None]
 OnDuplicate = Callable[[str, int, int], None]
 """Called with ``(key, line, first_line)`` for a row skipped as a duplicate key."""
 
+INTAKE_WAL_CHECKPOINT_PAGES = 10_000
 _COPIED = ("output_text", "output", "prompt_tokens", "completion_tokens", "latency_ms")
 
 
@@ -74,7 +75,10 @@ def _store_chunk(
 ) -> None:
     found = _succeeded_by_fingerprint(ledger, rows) if reuse else {}
     now = utcnow()
-    values = [_values(batch_id, row, found.get(row[3] or ""), now) for row in rows]
+    # New rows carry only the columns they set (the rest default to NULL): every bound
+    # JSON value costs a json.dumps per row, and intake is bound by such per-row costs.
+    fresh = [_queued(batch_id, r, now) for r in rows if (r[3] or "") not in found]
+    copies = [_reused(batch_id, r, found[r[3] or ""], now) for r in rows if (r[3] or "") in found]
     dialect = ledger.engine.dialect.name
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     stmt = (
@@ -82,18 +86,23 @@ def _store_chunk(
         .on_conflict_do_nothing(index_elements=["batch_id", "key"])
         .returning(Record.key, Record.status)
     )
+    inserted: dict[str, str] = {}
     with ledger.engine.begin() as conn:
-        inserted = {k: s for k, s in conn.execute(stmt, values).all()}
+        if dialect == "sqlite":
+            # Check-point the WAL every ~40 MB instead of SQLite's 4 MB: a large intake
+            # writes the same pages back to the database file less often.
+            conn.exec_driver_sql(f"PRAGMA wal_autocheckpoint={INTAKE_WAL_CHECKPOINT_PAGES}")
+        for values in (fresh, copies):
+            if values:
+                inserted |= {k: s for k, s in conn.execute(stmt, values).all()}
     result.added += len(inserted)
     result.reused += sum(1 for s in inserted.values() if s == Status.SUCCEEDED)
     _report_duplicates(ledger, batch_id, rows, set(inserted), on_duplicate, result)
 
 
-def _values(
-    batch_id: int, row: IntakeRow, source: dict[str, Any] | None, now: Any
-) -> dict[str, Any]:
+def _queued(batch_id: int, row: IntakeRow, now: Any) -> dict[str, Any]:
     key, seq, data, fingerprint = row
-    values: dict[str, Any] = {
+    return {
         "batch_id": batch_id,
         "key": key,
         "seq": seq,
@@ -102,22 +111,22 @@ def _values(
         "status": Status.QUEUED,
         "attempts": 0,
         "created_at": now,
-        "started_at": None,
-        "finished_at": None,
-        "reused_from": None,
-        "provenance": None,
-        **dict.fromkeys(_COPIED),
     }
-    if source is not None:
-        values |= {c: source[c] for c in _COPIED}
-        values |= {
+
+
+def _reused(batch_id: int, row: IntakeRow, source: dict[str, Any], now: Any) -> dict[str, Any]:
+    """A row stored ``succeeded`` with the result of ``source``, an earlier record."""
+    return (
+        _queued(batch_id, row, now)
+        | {c: source[c] for c in _COPIED}
+        | {
             "status": Status.SUCCEEDED,
             "reused_from": source["id"],
             "provenance": source["provenance"],
             "started_at": now,
             "finished_at": now,
         }
-    return values
+    )
 
 
 def _succeeded_by_fingerprint(ledger: Ledger, rows: list[IntakeRow]) -> dict[str, dict[str, Any]]:

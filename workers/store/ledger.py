@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, and_, case, delete, func, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -27,6 +27,56 @@ from workers.store.models import Batch, Record, Status, utcnow
 
 DEFAULT_INSERT_CHUNK = 2000
 CLAIMABLE = (Status.QUEUED, Status.RETRY)
+
+
+# The two statements every record runs, built once with bind parameters: SQLAlchemy then
+# compiles each once, where a statement built per call costs its cache-key walk each time.
+_CLAIM = (
+    update(Record)
+    .where(
+        Record.id == bindparam("b_id"),
+        or_(
+            Record.status.in_(CLAIMABLE),
+            and_(Record.status == Status.RUNNING, Record.lease_until < bindparam("b_now")),
+        ),
+    )
+    .values(
+        status=Status.RUNNING,
+        attempts=Record.attempts + 1,
+        lease_until=bindparam("b_lease"),
+        worker=bindparam("b_worker"),
+        instance=bindparam("b_instance"),
+        task_id=bindparam("b_task"),
+        started_at=bindparam("b_now"),
+    )
+    .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
+)
+_SUCCEED = (
+    update(Record)
+    .where(
+        Record.id == bindparam("b_id"),
+        Record.status == Status.RUNNING,
+        Record.attempts == bindparam("b_attempts"),
+    )
+    .values(
+        status=Status.SUCCEEDED,
+        lease_until=None,
+        error_kind=None,
+        error=None,
+        **{
+            name: bindparam(f"b_{name}", type_=Record.__table__.c[name].type)
+            for name in (
+                "output_text",
+                "output",
+                "prompt_tokens",
+                "completion_tokens",
+                "latency_ms",
+                "provenance",
+                "finished_at",
+            )
+        },
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -248,28 +298,16 @@ class Ledger:
     ) -> Claim | None:
         """Take ``record_id`` for this worker; None when someone else has it or it is done."""
         now = now or utcnow()
-        stmt = (
-            update(Record)
-            .where(
-                Record.id == record_id,
-                or_(
-                    Record.status.in_(CLAIMABLE),
-                    and_(Record.status == Status.RUNNING, Record.lease_until < now),
-                ),
-            )
-            .values(
-                status=Status.RUNNING,
-                attempts=Record.attempts + 1,
-                lease_until=now + timedelta(seconds=lease_seconds),
-                worker=worker,
-                instance=instance,
-                task_id=task_id,
-                started_at=now,
-            )
-            .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
-        )
+        params = {
+            "b_id": record_id,
+            "b_now": now,
+            "b_lease": now + timedelta(seconds=lease_seconds),
+            "b_worker": worker,
+            "b_instance": instance,
+            "b_task": task_id,
+        }
         with self.engine.begin() as conn:
-            row = conn.execute(stmt).first()
+            row = conn.execute(_CLAIM, params).first()
         if row is None:
             return None
         batch = self.batch_by_id(row.batch_id)
@@ -297,19 +335,19 @@ class Ledger:
 
     def succeed(self, claim: Claim, outcome: Outcome) -> bool:
         """Store the result and ``succeeded`` in one transaction; False if the claim was lost."""
-        return self._finish(
-            claim,
-            status=Status.SUCCEEDED,
-            output_text=outcome.output_text,
-            output=outcome.output,
-            prompt_tokens=outcome.prompt_tokens,
-            completion_tokens=outcome.completion_tokens,
-            latency_ms=outcome.latency_ms,
-            provenance=outcome.provenance,
-            error_kind=None,
-            error=None,
-            finished_at=utcnow(),
-        )
+        params = {
+            "b_id": claim.record_id,
+            "b_attempts": claim.attempts,
+            "b_output_text": outcome.output_text,
+            "b_output": outcome.output,
+            "b_prompt_tokens": outcome.prompt_tokens,
+            "b_completion_tokens": outcome.completion_tokens,
+            "b_latency_ms": outcome.latency_ms,
+            "b_provenance": outcome.provenance,
+            "b_finished_at": utcnow(),
+        }
+        with self.engine.begin() as conn:
+            return conn.execute(_SUCCEED, params).rowcount == 1
 
     def fail(self, claim: Claim, *, kind: str, message: str, raw: str | None = None) -> bool:
         """Mark the record ``failed`` with a reason (and the raw answer, if any)."""
