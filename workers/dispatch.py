@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
 from celery import Celery
@@ -76,12 +76,21 @@ class Dispatcher:
         in pipelines of up to :data:`PUBLISH_BATCH` commands: one round trip per window,
         not two per record.
         """
-        queues = self._queues(batch, len(record_ids), down)
+        self._send(zip(record_ids, self._queues(batch, len(record_ids), down), strict=True))
+
+    def publish_hedges(self, hedges: Sequence[tuple[int, str]]) -> None:
+        """Ask each instance of ``(record_id, instance)`` to run that running record again
+        (see :mod:`workers.hedging`), through its own queue."""
+        self._send(((rid, instance_queue(name)) for rid, name in hedges), hedge=True)
+
+    def _send(self, routed: Iterable[tuple[int, str]], *, hedge: bool = False) -> None:
+        kwargs = {"hedge": True} if hedge else None
         with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
-            for rid, queue in zip(record_ids, queues, strict=True):
+            for rid, queue in routed:
                 self.app.send_task(
                     PROCESS_RECORD_TASK,
                     args=[rid],
+                    kwargs=kwargs,
                     queue=queue,
                     routing_key=queue,
                     producer=producer,

@@ -25,16 +25,21 @@ import redis
 from workers.broker import live_messages, queue_length
 from workers.dispatch import Dispatcher
 from workers.fleet import Fleet
-from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key
+from workers.hedging import Running, medians, pick_hedges
+from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key, hedged_key
 from workers.queues import instance_queue, shared_queue
 from workers.routes import Route
 from workers.settings import Settings
 from workers.store.ledger import BatchInfo, Ledger
+from workers.store.models import utcnow
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_RECONCILE_LIMIT = 5000
 LOCK_TIMEOUT = 30.0
+HEDGE_SAMPLE = 500
+"""Latest results per batch whose latencies give the instances' medians."""
+HEDGED_TTL = 86_400
 
 
 class Feeder:
@@ -123,6 +128,57 @@ class Feeder:
         if published:
             logger.info("fed %s records into Redis", published)
         return published
+
+    def hedge(self) -> int:
+        """Run the tail's slowest records again on faster instances; returns how many.
+
+        Only for ``shared`` batches with nothing left waiting (see :mod:`workers.hedging`);
+        each record is hedged once.
+        """
+        if not self.settings.hedge:
+            return 0
+        with self._locked(FEED_LOCK) as mine:
+            return self._hedge() if mine else 0
+
+    def _hedge(self) -> int:
+        down = self.down_instances()
+        total = 0
+        for batch in self.ledger.active_batches():
+            if batch.route != Route.SHARED:
+                continue
+            queue = shared_queue(batch.model)
+            if queue_length(self.redis, queue) or self.ledger.unpublished(batch.id, limit=1):
+                continue  # records still wait for a slot: no tail yet
+            serving = [
+                i.name
+                for i in self.fleet.instances
+                if i.model == batch.model and i.name not in down
+            ]
+            window = self._window(sum(self.fleet.instance(n).concurrency for n in serving))
+            now = utcnow()
+            running = [
+                Running(rid, instance, (now - started).total_seconds())
+                for rid, instance, started in self.ledger.running(batch.id, limit=window)
+            ]
+            if not running:
+                continue
+            latency = medians(self.ledger.recent_latencies(batch.id, limit=HEDGE_SAMPLE))
+            picked = pick_hedges(
+                running,
+                latency,
+                candidates=serving,
+                after=self.settings.hedge_after,
+                limit=window,
+            )
+            key = hedged_key(batch.id)
+            fresh = [(rid, target) for rid, target in picked if self.redis.sadd(key, rid)]
+            if not fresh:
+                continue
+            self.redis.expire(key, HEDGED_TTL)
+            self.dispatcher.publish_hedges(fresh)
+            total += len(fresh)
+            logger.info("batch %s: hedged %s records of its tail", batch.name, len(fresh))
+        return total
 
     def reconcile(self) -> int:
         """Re-publish records that have no live message; returns how many."""

@@ -1,4 +1,4 @@
-"""A background thread in every instance worker: gate, leases, feeding, reconciling.
+"""A background thread in every instance worker: gate, leases, feeding, hedging, reconciling.
 
 Every job here is cheap and idempotent, and the shared ones (feed, reconcile) run under a
 Redis lock, so any number of workers may run them: the fleet keeps itself fed with no
@@ -23,6 +23,7 @@ from workers.runtime import WorkerRuntime
 logger = logging.getLogger(__name__)
 
 HEALTH_TTL_INTERVALS = 5
+HEDGE_INTERVAL = 1.0
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Housekeeper(threading.Thread):
         self.jobs = [
             _Job("leases", s.lease_seconds / 4, runtime.renew_leases),
             _Job("feed", s.feed_interval, feeder.feed),
+            _Job("hedge", max(HEDGE_INTERVAL, s.feed_interval), feeder.hedge),
             _Job(
                 "reconcile",
                 s.reconcile_interval,

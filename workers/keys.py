@@ -16,3 +16,8 @@ def health_key(instance: str) -> str:
     """JSON ``{"healthy": bool, "checked_at": epoch seconds, "error": str | null}`` written by
     the vLLM scan and by each instance worker's own probe; read by the gating."""
     return f"{HEALTH_PREFIX}{instance}"
+
+
+def hedged_key(batch_id: int) -> str:
+    """Set of the batch's record ids already hedged (workers.hedging): once each."""
+    return f"{PREFIX}hedged:{batch_id}"

@@ -170,6 +170,28 @@ class WorkerRuntime:
             with self._lock:
                 self._inflight.pop(record_id, None)
 
+    def hedge(self, record_id: int, *, worker: str) -> str:
+        """Run a record that another instance is running, and store the answer if it comes
+        first (:mod:`workers.hedging`). Best effort: an error or a lost race changes
+        nothing, the owner's attempt goes on."""
+        if self.draining or (self.gate is not None and not self.gate.healthy):
+            return "skipped"
+        peeked = self._db(self.ledger.peek_running, record_id)
+        if peeked is None or peeked[1] == self.instance.name:
+            return "skipped"
+        claim, owner = peeked
+        try:
+            outcome = judge_record(self.spec_for(claim), claim.input, self.client)
+        except errors.RecordError as e:
+            logger.info("record %s: hedge on %s failed (%s)", record_id, self.instance.name, e)
+            return "skipped"
+        provenance = {**self._provenance(), "hedged_from": owner}
+        outcome = replace(outcome, provenance=provenance)
+        stored = self._db(
+            self.ledger.succeed_hedge, claim, outcome, worker=worker, instance=self.instance.name
+        )
+        return "succeeded" if stored else "skipped"
+
     def _run(self, claim: Claim, task_id: str | None) -> str:
         where = _Where(claim, self.instance.name, task_id)
         try:
@@ -183,7 +205,9 @@ class WorkerRuntime:
             return "failed"
         outcome = replace(outcome, provenance=self._provenance())  # issue 8: provenance
         if not self._db(self.ledger.succeed, claim, outcome):
-            logger.warning("%s: claim lost before the result was stored", where, extra=where.extra)
+            # A hedge finished it first, or the lease expired and another worker took it:
+            # the stored result stands, this answer is dropped.
+            logger.info("%s: finished elsewhere first; answer dropped", where, extra=where.extra)
             return "lost"
         return "succeeded"
 

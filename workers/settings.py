@@ -34,6 +34,7 @@ DEFAULT_RECONCILE_INTERVAL = 10.0
 DEFAULT_RECONCILE_GRACE = 30.0
 DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_GRACE = 25.0
+DEFAULT_HEDGE_AFTER = 3.0
 # One task may send this many requests: a pairwise swap, each with re-asks.
 REQUESTS_PER_TASK_BOUND = 4
 
@@ -70,6 +71,10 @@ class Settings(BaseSettings):
     reconcile_grace: float = Field(DEFAULT_RECONCILE_GRACE, ge=0)
     health_interval: float = Field(DEFAULT_HEALTH_INTERVAL, gt=0)
     shutdown_grace: float = Field(DEFAULT_SHUTDOWN_GRACE, gt=0)
+    # Hedged requests in a batch's tail (workers.hedging): on/off, and how many times its
+    # instance's median a record must have run to count as a straggler.
+    hedge: bool = True
+    hedge_after: float = Field(DEFAULT_HEDGE_AFTER, gt=1)
     log_level: str = "INFO"
 
     @field_validator("database_url")

@@ -51,6 +51,18 @@ _CLAIM = (
     )
     .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
 )
+_RESULT = {
+    name: bindparam(f"b_{name}", type_=Record.__table__.c[name].type)
+    for name in (
+        "output_text",
+        "output",
+        "prompt_tokens",
+        "completion_tokens",
+        "latency_ms",
+        "provenance",
+        "finished_at",
+    )
+}
 _SUCCEED = (
     update(Record)
     .where(
@@ -58,23 +70,20 @@ _SUCCEED = (
         Record.status == Status.RUNNING,
         Record.attempts == bindparam("b_attempts"),
     )
+    .values(status=Status.SUCCEEDED, lease_until=None, error_kind=None, error=None, **_RESULT)
+)
+# A hedge (workers.hedging) wins over whichever attempt is running.
+_SUCCEED_HEDGE = (
+    update(Record)
+    .where(Record.id == bindparam("b_id"), Record.status == Status.RUNNING)
     .values(
         status=Status.SUCCEEDED,
         lease_until=None,
         error_kind=None,
         error=None,
-        **{
-            name: bindparam(f"b_{name}", type_=Record.__table__.c[name].type)
-            for name in (
-                "output_text",
-                "output",
-                "prompt_tokens",
-                "completion_tokens",
-                "latency_ms",
-                "provenance",
-                "finished_at",
-            )
-        },
+        worker=bindparam("b_worker"),
+        instance=bindparam("b_instance"),
+        **_RESULT,
     )
 )
 
@@ -380,6 +389,74 @@ class Ledger:
             error=message,
             published_at=utcnow(),
         )
+
+    # -- hedged requests (workers.hedging) ---------------------------------------------
+
+    def running(self, batch_id: int, *, limit: int) -> list[tuple[int, str, datetime]]:
+        """``(record_id, instance, started_at)`` of the batch's running records."""
+        q = (
+            select(Record.id, Record.instance, Record.started_at)
+            .where(Record.batch_id == batch_id, Record.status == Status.RUNNING)
+            .order_by(Record.started_at)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                (int(i), str(inst), started)
+                for i, inst, at in conn.execute(q)
+                if inst is not None and (started := _aware(at)) is not None
+            ]
+
+    def recent_latencies(self, batch_id: int, *, limit: int) -> list[tuple[str, float]]:
+        """``(instance, seconds)`` of the batch's latest successful calls."""
+        q = (
+            select(Record.instance, Record.latency_ms)
+            .where(
+                Record.batch_id == batch_id,
+                Record.status == Status.SUCCEEDED,
+                Record.reused_from.is_(None),
+                Record.latency_ms.is_not(None),
+            )
+            .order_by(Record.finished_at.desc())
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            return [
+                (str(i), float(ms) / 1000)
+                for i, ms in conn.execute(q)
+                if i is not None and ms is not None
+            ]
+
+    def peek_running(self, record_id: int) -> tuple[Claim, str] | None:
+        """A running record as ``(claim, instance running it)``, for a hedge; None if it
+        is not running. The claim is not taken: the record keeps its owner."""
+        q = select(
+            Record.batch_id, Record.key, Record.input, Record.attempts, Record.instance
+        ).where(Record.id == record_id, Record.status == Status.RUNNING)
+        with self.engine.connect() as conn:
+            row = conn.execute(q).first()
+        if row is None:
+            return None
+        claim = Claim(record_id, self.batch_by_id(row.batch_id), row.key, row.input, row.attempts)
+        return claim, str(row.instance)
+
+    def succeed_hedge(self, claim: Claim, outcome: Outcome, *, worker: str, instance: str) -> bool:
+        """Store a hedge's result if the record is still running (under any attempt): the
+        first result wins, and the owner's later :meth:`succeed` finds nothing to do."""
+        params = {
+            "b_id": claim.record_id,
+            "b_worker": worker,
+            "b_instance": instance,
+            "b_output_text": outcome.output_text,
+            "b_output": outcome.output,
+            "b_prompt_tokens": outcome.prompt_tokens,
+            "b_completion_tokens": outcome.completion_tokens,
+            "b_latency_ms": outcome.latency_ms,
+            "b_provenance": outcome.provenance,
+            "b_finished_at": utcnow(),
+        }
+        with self.engine.begin() as conn:
+            return conn.execute(_SUCCEED_HEDGE, params).rowcount == 1
 
     def renew(self, record_ids: Sequence[int], *, worker: str, lease_seconds: float) -> int:
         """Extend the leases of records this worker is still working on; returns how many."""

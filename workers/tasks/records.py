@@ -15,12 +15,13 @@ logger = logging.getLogger(__name__)
 
 def register_record_tasks(app: Celery) -> None:
     @app.task(name=PROCESS_RECORD_TASK, bind=True, max_retries=None)  # type: ignore[untyped-decorator]
-    def process_record(self: Task, record_id: int) -> str:
+    def process_record(self: Task, record_id: int, hedge: bool = False) -> str:
         runtime: WorkerRuntime = runtime_of(self.app)
+        worker = self.request.hostname or "?"
+        if hedge:  # a second run of a record in a batch's tail (workers.hedging)
+            return runtime.hedge(int(record_id), worker=worker)
         try:
-            return runtime.process(
-                int(record_id), worker=self.request.hostname or "?", task_id=self.request.id
-            )
+            return runtime.process(int(record_id), worker=worker, task_id=self.request.id)
         except RetryLater as e:
             # Back onto the shared queue, so any instance serving the model can take it.
             queue = shared_queue(runtime.instance.model)
