@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 HTTP_TIMEOUT = 5.0
 HEALTH_TIMEOUT = 20.0
+SETTLE_TIMEOUT = 60.0
+_IN_FLIGHT = ("vllm:num_requests_running{", "vllm:num_requests_waiting{")
 _SUCCESS = "vllm:request_success_total{"
 _USEFUL_FINISH = ('finished_reason="stop"', 'finished_reason="length"')
 
@@ -55,6 +57,15 @@ def successes(metrics_text: str) -> float:
     total = 0.0
     for line in metrics_text.splitlines():
         if line.startswith(_SUCCESS) and any(f in line for f in _USEFUL_FINISH):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def in_flight(metrics_text: str) -> float:
+    """Requests an instance is running or queueing, from its ``/metrics`` text."""
+    total = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(_IN_FLIGHT):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -105,6 +116,22 @@ class SimBench:
                 raise BenchRunError(f"{root}/metrics answered {status}")
             out.append(successes(text))
         return out
+
+    def settle(self, timeout: float = SETTLE_TIMEOUT) -> None:
+        """Wait until no instance runs or queues a request (bounded by ``timeout``): calls
+        whose answers were dropped (a hedged record's slower copy) finish inside the run
+        that sent them, and count as its extra answers."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            busy = 0.0
+            for root in self.root_urls:
+                status, text = http_get(f"{root}/metrics")
+                if status == 200:
+                    busy += in_flight(text)
+            if busy == 0:
+                return
+            time.sleep(0.2)
+        logger.warning("simulators still busy %.0fs after the batch ended", timeout)
 
     def revive_all(self) -> None:
         """Bring every killed engine back and wait until every ``/health`` answers 200."""

@@ -196,6 +196,7 @@ def run_vfleet_mode(spec: RunSpec, stack: VfleetStack, mode: str) -> RunResult:
     with RssSampler([*pids, enqueue.pid]) as rss:
         watch = _wait_batch(spec, stack, batch, enqueue)
     usage = enqueue.wait(120)
+    sims.settle()  # the dropped copies of hedged records finish: counted as extra answers
     after, cpu1 = sims.counts(), _cpu([*pids, sims.pid, redis_pid or 0])
     exported = spec.workdir / f"{mode}-export.jsonl"
     run_cli(["export", batch, "-o", str(exported)], stack.env, stack.cli_log)

@@ -408,7 +408,10 @@ class Ledger:
             ]
 
     def recent_latencies(self, batch_id: int, *, limit: int) -> list[tuple[str, float]]:
-        """``(instance, seconds)`` of the batch's latest successful calls."""
+        """``(instance, seconds)`` of the batch's latest published successful calls.
+
+        Ordered along ``ix_records_batch_status`` (batch, status, published_at, seq), so a
+        batch of millions reads only ``limit`` index entries."""
         q = (
             select(Record.instance, Record.latency_ms)
             .where(
@@ -417,7 +420,7 @@ class Ledger:
                 Record.reused_from.is_(None),
                 Record.latency_ms.is_not(None),
             )
-            .order_by(Record.finished_at.desc())
+            .order_by(Record.published_at.desc(), Record.seq.desc())
             .limit(limit)
         )
         with self.engine.connect() as conn:
