@@ -64,12 +64,14 @@ class Pipeline:
         concurrency: int = 16,
         sim_args: tuple[str, ...] = DEFAULT_SIM_ARGS,
         per_instance_args: dict[int, tuple[str, ...]] | None = None,
+        worker_args: tuple[str, ...] = (),
         database_url: str | None = None,
         **settings: Any,
     ) -> None:
         self.tmp = tmp
         self.sim_args = ("--model", MODEL, *sim_args)
         self.per_instance_args = per_instance_args or {}
+        self.worker_args = worker_args
         self.ports = free_ports(instances)
         self.sims: list[SimFleet | None] = [None] * instances
         self.settings = Settings(
@@ -137,7 +139,7 @@ class Pipeline:
         key = f"{name}#{sum(1 for k in self.group.procs if k.startswith(name))}"
         self.group.start(
             key,
-            vfleet_argv("worker", "--instance", name),
+            vfleet_argv("worker", "--instance", name, *self.worker_args),
             env=self.env,
             log=self.tmp / f"worker-{name}.log",
         )

@@ -219,7 +219,11 @@ def test_json_worker_logs_carry_record_fields_and_never_the_password(
     sim_args: tuple[str, ...] = ("--ttft", "0.01", "--itl", "0.0005", "--output-tokens", "5-20")
     sim_args += ("--fail-rate", "0.3", "--fail-kinds", "500")
     src = write_jsonl(tmp_path / "in.jsonl", judge_rows(30))
-    with Pipeline(tmp_path, password_redis.url, instances=2, sim_args=sim_args) as p:
+    # Celery's per-task lines ("received") are written at --loglevel DEBUG only.
+    debug = ("--loglevel", "DEBUG")
+    with Pipeline(
+        tmp_path, password_redis.url, instances=2, sim_args=sim_args, worker_args=debug
+    ) as p:
         res = p.cli("--log-level", "DEBUG", "enqueue", str(src), "--batch", "logged", "--key", "id")
         assert res.returncode == 0, res.stderr
         counts = p.wait_done("logged", 30)
