@@ -48,6 +48,14 @@ def route_targets(route: Route, model: str, fleet: Fleet, pinned: Sequence[str])
     return list(pinned)
 
 
+def live_targets(batch: BatchInfo, down: AbstractSet[str]) -> list[str]:
+    """The instances a pushed batch goes to now: ``round-robin`` skips those in ``down``,
+    ``pinned`` keeps them (its records wait for their instance)."""
+    if batch.route == Route.PINNED:
+        return list(batch.targets)
+    return [t for t in batch.targets if t not in down]
+
+
 class Dispatcher:
     """Sends ``vfleet.process_record`` messages; one per record id."""
 
@@ -58,7 +66,7 @@ class Dispatcher:
     def _queues(self, batch: BatchInfo, n: int, down: AbstractSet[str]) -> list[str]:
         if batch.route == Route.SHARED or not batch.targets:
             return [shared_queue(batch.model)] * n
-        targets = [t for t in batch.targets if t not in down or batch.route == Route.PINNED]
+        targets = live_targets(batch, down)
         if not targets:
             raise ConfigError(f"batch {batch.name}: every instance it is routed to is down")
         turn = self._turn.get(batch.id, 0)

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 import redis
 
 from workers.broker import live_messages, queue_length
-from workers.dispatch import Dispatcher
+from workers.dispatch import Dispatcher, live_targets
 from workers.fleet import Fleet
 from workers.hedging import Running, medians, pick_hedges
 from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key, hedged_key
@@ -71,8 +71,7 @@ class Feeder:
             serving = sum(i.concurrency for i in self.fleet.instances if i.model == batch.model)
             return {shared_queue(batch.model): self._window(serving)}
         known = {i.name: i.concurrency for i in self.fleet.instances}
-        targets = [t for t in batch.targets if t not in down or batch.route == Route.PINNED]
-        return {instance_queue(t): self._window(known.get(t, 0)) for t in targets}
+        return {instance_queue(t): self._window(known.get(t, 0)) for t in live_targets(batch, down)}
 
     def down_instances(self) -> frozenset[str]:
         """Instances whose latest health report (their worker's probe or the vLLM scan)
@@ -196,7 +195,8 @@ class Feeder:
         # Messages waiting in a down instance's queue do not count as live for a
         # round-robin batch: they are published again to the instances that are up (the
         # old ones, run when it comes back, find their records claimed or done).
-        queues = {q for b in batches.values() for q in self.queues_of(b, down)}
+        routed = {b.id: self.queues_of(b, down) for b in batches.values()}
+        queues = {q for per_batch in routed.values() for q in per_batch}
         queues |= {shared_queue(b.model) for b in batches.values()}  # given-back messages
         live = live_messages(self.redis, queues)
         # A message a worker fetched this long ago and still holds, for a record nobody is
@@ -207,7 +207,7 @@ class Feeder:
         )
         missing: dict[int, list[int]] = defaultdict(list)
         for record_id, batch_id, orphaned in stale:
-            if batch_id not in batches or not self.queues_of(batches[batch_id], down):
+            if not routed.get(batch_id):  # not active, or every instance it goes to is down
                 continue
             fetched_at = live.get(record_id, -1.0)
             has_message = record_id in live and (fetched_at is None or fetched_at > held_too_long)

@@ -63,12 +63,12 @@ def pick_hedges(
     if not known or limit <= 0:
         return []
     fastest = min(known, key=lambda c: latency[c])
+    fresh = latency[fastest] * (1 + MARGIN)
     scored: list[tuple[float, Running]] = []
     for r in running:
         own = latency.get(r.instance)
         if own is None:
             continue
-        fresh = latency[fastest] * (1 + MARGIN)
         remaining = own - r.elapsed
         slow = r.instance != fastest and fresh < remaining
         straggler = after > 0 and r.elapsed > after * own
@@ -77,11 +77,9 @@ def pick_hedges(
     scored.sort(key=lambda pair: pair[0], reverse=True)
     picked: list[tuple[int, str]] = []
     turn = 0
+    by_speed = sorted(known, key=lambda c: latency[c])
     for _, r in scored[:limit]:
-        faster = sorted(
-            (c for c in known if c != r.instance and latency[c] <= latency[r.instance]),
-            key=lambda c: latency[c],
-        )
+        faster = [c for c in by_speed if c != r.instance and latency[c] <= latency[r.instance]]
         if not faster:
             continue
         picked.append((r.record_id, faster[turn % len(faster)]))

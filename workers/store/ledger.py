@@ -344,17 +344,7 @@ class Ledger:
 
     def succeed(self, claim: Claim, outcome: Outcome) -> bool:
         """Store the result and ``succeeded`` in one transaction; False if the claim was lost."""
-        params = {
-            "b_id": claim.record_id,
-            "b_attempts": claim.attempts,
-            "b_output_text": outcome.output_text,
-            "b_output": outcome.output,
-            "b_prompt_tokens": outcome.prompt_tokens,
-            "b_completion_tokens": outcome.completion_tokens,
-            "b_latency_ms": outcome.latency_ms,
-            "b_provenance": outcome.provenance,
-            "b_finished_at": utcnow(),
-        }
+        params = {"b_id": claim.record_id, "b_attempts": claim.attempts, **_result(outcome)}
         with self.engine.begin() as conn:
             return conn.execute(_SUCCEED, params).rowcount == 1
 
@@ -450,13 +440,7 @@ class Ledger:
             "b_id": claim.record_id,
             "b_worker": worker,
             "b_instance": instance,
-            "b_output_text": outcome.output_text,
-            "b_output": outcome.output,
-            "b_prompt_tokens": outcome.prompt_tokens,
-            "b_completion_tokens": outcome.completion_tokens,
-            "b_latency_ms": outcome.latency_ms,
-            "b_provenance": outcome.provenance,
-            "b_finished_at": utcnow(),
+            **_result(outcome),
         }
         with self.engine.begin() as conn:
             return conn.execute(_SUCCEED_HEDGE, params).rowcount == 1
@@ -674,6 +658,19 @@ def iter_records(engine: Engine, batch_id: int, *, chunk: int = 1000) -> Iterato
             return
         yield from rows
         last_seq, last_id = rows[-1].seq, rows[-1].id
+
+
+def _result(outcome: Outcome) -> dict[str, Any]:
+    """The bind parameters of ``_RESULT`` for ``outcome``."""
+    return {
+        "b_output_text": outcome.output_text,
+        "b_output": outcome.output,
+        "b_prompt_tokens": outcome.prompt_tokens,
+        "b_completion_tokens": outcome.completion_tokens,
+        "b_latency_ms": outcome.latency_ms,
+        "b_provenance": outcome.provenance,
+        "b_finished_at": utcnow(),
+    }
 
 
 def _log_entry(kind: str, message: str, outcome: str) -> dict[str, Any]:
