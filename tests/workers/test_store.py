@@ -45,7 +45,22 @@ def test_migration_creates_every_table_and_is_idempotent(database_url: str) -> N
     assert current_revision(engine) == head_revision()
     tables = set(inspect(engine).get_table_names())
     engine.dispose()
-    assert {"batches", "records", "gpu_snapshots", "vllm_snapshots"} <= tables
+    assert {"batches", "records", "gpu_snapshots", "vllm_snapshots", "bad_lines"} <= tables
+
+
+def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
+    """A column or index added to the models without a migration (or the reverse) fails."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from workers.store.models import Base
+
+    engine = make_engine(database_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    engine.dispose()
+    assert diff == []
 
 
 def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:

@@ -97,6 +97,8 @@ class Record(Base):
         Index("ix_records_status_lease", "status", "lease_until"),
         # Versioned dedupe: find a succeeded record that did the same work.
         Index("ix_records_fingerprint", "fingerprint", "status"),
+        # The feeder's "retries of this batch that are due".
+        Index("ix_records_batch_retry", "batch_id", "status", "not_before"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -129,6 +131,29 @@ class Record(Base):
     provenance: Mapped[dict[str, Any] | None]
     # One entry per failed or retried attempt: attempt, kind, error, instance, at.
     attempts_log: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    # A record in ``retry`` waits here until this time; the feeder publishes it when due.
+    not_before: Mapped[datetime | None]
+    # The last answer's finish_reason (``stop``, ``length``...), as the server gave it.
+    finish_reason: Mapped[str | None] = mapped_column(String(32))
+
+
+class BadLine(Base):
+    """An input line that did not become a record: its number, why, and its text (bounded).
+
+    Shown by ``status`` (count), ``report`` (reasons) and ``export`` (OpenAI's batch errors).
+    """
+
+    __tablename__ = "bad_lines"
+    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_bad_lines_batch_line"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    line: Mapped[int] = mapped_column(BigInteger)
+    custom_id: Mapped[str | None] = mapped_column(String(300))
+    code: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    raw: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class GpuSnapshot(Base):
