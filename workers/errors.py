@@ -18,7 +18,12 @@ Every error vfleet raises on purpose descends from :class:`VfleetError`::
         └── PermanentError       retrying cannot help: the record fails with a reason
             ├── ContextLengthError   prompt + max_tokens exceed the model's window
             ├── BadRequestError      any other 4xx
+            ├── TemplateError        the spec's template cannot render this record
+            ├── TruncatedError       the answer was cut by max_tokens (finish_reason length)
             └── OutputInvalidError   structured output stayed invalid after re-asks
+
+A :class:`RecordError` raised after the instance answered carries what it answered
+(``raw``, token counts, ``finish_reason``): a failed record keeps them in the ledger.
 
 The task maps :class:`workers.spec.TemplateRenderError` to :class:`TemplateError`, a
 permanent failure of that one record.
@@ -44,9 +49,28 @@ class BatchNotFoundError(StoreError):
 
 
 class RecordError(VfleetError):
-    """Processing one record failed. ``kind`` is what lands in ``records.error_kind``."""
+    """Processing one record failed. ``kind`` is what lands in ``records.error_kind``.
+
+    ``raw``, ``prompt_tokens``, ``completion_tokens`` and ``finish_reason`` are the last
+    answer's, when the instance gave one.
+    """
 
     kind = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        finish_reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.prompt_tokens = prompt_tokens
+        self.completion_tokens = completion_tokens
+        self.finish_reason = finish_reason
 
 
 class TransientError(RecordError):
@@ -93,11 +117,13 @@ class TemplateError(PermanentError):
     kind = "template"
 
 
+class TruncatedError(PermanentError):
+    """The answer stopped at ``max_tokens`` (finish_reason ``length``) and is unusable."""
+
+    kind = "truncated"
+
+
 class OutputInvalidError(PermanentError):
     """Structured output stayed invalid after every re-ask; ``raw`` keeps the last answer."""
 
     kind = "invalid_output"
-
-    def __init__(self, message: str, *, raw: str) -> None:
-        super().__init__(message)
-        self.raw = raw

@@ -134,7 +134,10 @@ class LLMClient:
         :class:`workers.errors.RecordError` for an error answer or a failed call.
         """
         resp, data = self._post(path, {**body, "model": self.instance.model})
-        return RawResponse(resp.status_code, resp.headers.get("x-request-id"), data)
+        # OpenAI's batch output always has a request id; vLLM sends the header only with
+        # --enable-request-id-headers, so the response's own id stands in for it.
+        request_id = resp.headers.get("x-request-id") or str(data.get("id") or "")
+        return RawResponse(resp.status_code, request_id, data)
 
     def close(self) -> None:
         self._client.close()
@@ -145,5 +148,5 @@ class RawResponse:
     """An answer to :meth:`LLMClient.send`: what an OpenAI batch output line holds."""
 
     status_code: int
-    request_id: str | None
+    request_id: str
     body: dict[str, Any]

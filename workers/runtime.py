@@ -199,8 +199,16 @@ class WorkerRuntime:
         except errors.TransientError as e:
             return self._transient(claim, e, where)
         except errors.PermanentError as e:
-            raw = e.raw if isinstance(e, errors.OutputInvalidError) else None
-            self._db(self.ledger.fail, claim, kind=e.kind, message=str(e), raw=raw)
+            self._db(
+                self.ledger.fail,
+                claim,
+                kind=e.kind,
+                message=str(e),
+                raw=e.raw,
+                prompt_tokens=e.prompt_tokens,
+                completion_tokens=e.completion_tokens,
+                finish_reason=e.finish_reason,
+            )
             logger.warning("%s failed (%s): %s", where, e.kind, e, extra=where.extra)
             return "failed"
         outcome = replace(outcome, provenance=self._provenance())  # issue 8: provenance

@@ -60,6 +60,7 @@ _RESULT = {
         "completion_tokens",
         "latency_ms",
         "provenance",
+        "finish_reason",
         "finished_at",
     )
 }
@@ -123,6 +124,8 @@ class Outcome:
     latency_ms: float
     # Where it ran: instance, host, GPU indices, model id, max_model_len (records.provenance).
     provenance: dict[str, Any] | None = None
+    # The (last) answer's finish_reason: "stop", "length"...
+    finish_reason: str | None = None
 
 
 def _info(batch: Batch) -> BatchInfo:
@@ -348,8 +351,19 @@ class Ledger:
         with self.engine.begin() as conn:
             return conn.execute(_SUCCEED, params).rowcount == 1
 
-    def fail(self, claim: Claim, *, kind: str, message: str, raw: str | None = None) -> bool:
-        """Mark the record ``failed`` with a reason (and the raw answer, if any)."""
+    def fail(
+        self,
+        claim: Claim,
+        *,
+        kind: str,
+        message: str,
+        raw: str | None = None,
+        prompt_tokens: int | None = None,
+        completion_tokens: int | None = None,
+        finish_reason: str | None = None,
+    ) -> bool:
+        """Mark the record ``failed`` with a reason, keeping the last answer (raw text, token
+        counts, finish_reason) when the instance gave one."""
         return self._finish(
             claim,
             _log_entry(kind, message, "failed"),
@@ -357,6 +371,9 @@ class Ledger:
             error_kind=kind,
             error=message,
             output_text=raw,
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=finish_reason,
             finished_at=utcnow(),
         )
 
@@ -669,6 +686,7 @@ def _result(outcome: Outcome) -> dict[str, Any]:
         "b_completion_tokens": outcome.completion_tokens,
         "b_latency_ms": outcome.latency_ms,
         "b_provenance": outcome.provenance,
+        "b_finish_reason": outcome.finish_reason,
         "b_finished_at": utcnow(),
     }
 
