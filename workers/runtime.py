@@ -7,7 +7,6 @@ to a record lives here and in :mod:`workers.judge`, testable without a broker.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -21,6 +20,7 @@ from workers.fleet import InstanceConfig
 from workers.health import HealthGate
 from workers.judge import ChatClient, judge_record
 from workers.provenance import InstanceProvenance
+from workers.retry import Action, RetryPolicy
 from workers.settings import Settings
 from workers.spec import Spec
 from workers.store.ledger import Claim, Ledger
@@ -28,42 +28,6 @@ from workers.store.ledger import Claim, Ledger
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-GIVE_BACK_DELAY = 2.0
-# A refused or reset connection says the server may be gone: it counts as one bad health
-# observation (the next /health probe confirms or clears it). A 5xx answer does not: the
-# server is there, and vLLM's /health says itself when its engine is dead.
-_INSTANCE_DOWN = (errors.ConnectError,)
-
-
-class RetryLater(Exception):
-    """Publish the record again after ``countdown`` seconds (its status says why)."""
-
-    def __init__(self, countdown: float, reason: str) -> None:
-        super().__init__(reason)
-        self.countdown = countdown
-
-
-class GiveBack(RetryLater):
-    """This worker's instance is down: hand the message to another instance, unclaimed."""
-
-
-def backoff(
-    attempt: int,
-    *,
-    base: float,
-    cap: float,
-    retry_after: float | None,
-    rng: random.Random | None = None,
-) -> float:
-    """Seconds to wait before attempt ``attempt + 1``: full-jitter exponential backoff.
-
-    A server's ``Retry-After`` is a floor: we never come back sooner than it asked.
-    """
-    r = rng or random
-    delay = r.uniform(0, min(cap, base * (2 ** max(0, attempt - 1))))
-    if retry_after is not None:
-        delay = max(delay, min(retry_after, cap))
-    return delay
 
 
 class _Where:
@@ -93,10 +57,20 @@ class WorkerRuntime:
     gate: HealthGate | None = None
     worker_name: str = "?"
     draining: bool = False
-    provenance: InstanceProvenance | None = None  # issue 8
+    provenance: InstanceProvenance | None = None
+    policy: RetryPolicy | None = None
     _specs: dict[int, Spec] = field(default_factory=dict)
     _inflight: dict[int, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        if self.policy is None:
+            self.policy = RetryPolicy.from_settings(self.settings)
+
+    @property
+    def retry_policy(self) -> RetryPolicy:
+        assert self.policy is not None
+        return self.policy
 
     def _db(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Call the ledger, riding out a database that is briefly away."""
@@ -134,26 +108,22 @@ class WorkerRuntime:
         return self.ledger.release(held) if held else 0
 
     def process(self, record_id: int, *, worker: str, task_id: str | None) -> str:
-        """Claim and judge one record; return its new status.
-
-        Raises :class:`GiveBack` while the instance is down and :class:`RetryLater` when a
-        transient error leaves attempts to spare.
-        """
+        """Claim and judge one record; return what became of it: ``succeeded``, ``failed``,
+        ``retry`` (it waits in the ledger), ``given back`` (this worker cannot run it now:
+        unclaimed, due again shortly), ``skipped`` (not claimable) or ``lost`` (another
+        result was stored first)."""
         if self.draining:
-            raise GiveBack(0.0, f"worker {self.worker_name} is shutting down")
+            return self._give_back(record_id, f"worker {self.worker_name} is shutting down")
         if self.gate is not None and not self.gate.healthy:
-            raise GiveBack(GIVE_BACK_DELAY, f"instance {self.instance.name} is down")
-        try:
-            claim = self._db(
-                self.ledger.claim,
-                record_id,
-                worker=worker,
-                instance=self.instance.name,
-                task_id=task_id,
-                lease_seconds=self.settings.lease_seconds,
-            )
-        except DBAPIError as e:
-            raise RetryLater(self.settings.retry_backoff_base, f"store unavailable: {e}") from e
+            return self._give_back(record_id, f"instance {self.instance.name} is down")
+        claim = self._db(
+            self.ledger.claim,
+            record_id,
+            worker=worker,
+            instance=self.instance.name,
+            task_id=task_id,
+            lease_seconds=self.settings.lease_seconds,
+        )
         if claim is None:
             logger.info(
                 "record %s: not claimable (done, owned elsewhere or unknown), task %s",
@@ -169,6 +139,12 @@ class WorkerRuntime:
         finally:
             with self._lock:
                 self._inflight.pop(record_id, None)
+
+    def _give_back(self, record_id: int, reason: str) -> str:
+        decision = self.retry_policy.give_back(reason, at_once=self.draining)
+        self._db(self.ledger.give_back, record_id, delay=decision.delay)
+        logger.debug("record %s given back: %s", record_id, reason)
+        return "given back"
 
     def hedge(self, record_id: int, *, worker: str) -> str:
         """Run a record that another instance is running, and store the answer if it comes
@@ -196,22 +172,9 @@ class WorkerRuntime:
         where = _Where(claim, self.instance.name, task_id)
         try:
             outcome = judge_record(self.spec_for(claim), claim.input, self.client)
-        except errors.TransientError as e:
-            return self._transient(claim, e, where)
-        except errors.PermanentError as e:
-            self._db(
-                self.ledger.fail,
-                claim,
-                kind=e.kind,
-                message=str(e),
-                raw=e.raw,
-                prompt_tokens=e.prompt_tokens,
-                completion_tokens=e.completion_tokens,
-                finish_reason=e.finish_reason,
-            )
-            logger.warning("%s failed (%s): %s", where, e.kind, e, extra=where.extra)
-            return "failed"
-        outcome = replace(outcome, provenance=self._provenance())  # issue 8: provenance
+        except errors.RecordError as e:
+            return self._failed_attempt(claim, e, where)
+        outcome = replace(outcome, provenance=self._provenance())
         if not self._db(self.ledger.succeed, claim, outcome):
             # A hedge finished it first, or the lease expired and another worker took it:
             # the stored result stands, this answer is dropped.
@@ -219,36 +182,39 @@ class WorkerRuntime:
             return "lost"
         return "succeeded"
 
-    # -- issue 8: provenance of results (instance, host, GPUs, model id, max_model_len) ---
-
     def _provenance(self) -> dict[str, Any]:
+        """Where results of this worker come from (instance, host, GPUs, model id,
+        max_model_len), read once from the instance."""
         with self._lock:
             if self.provenance is None:
                 self.provenance = InstanceProvenance(self.instance)
         return self.provenance.get()
 
-    def _transient(self, claim: Claim, e: errors.TransientError, where: _Where) -> str:
-        if self.gate is not None and isinstance(e, _INSTANCE_DOWN):
+    def _failed_attempt(self, claim: Claim, e: errors.RecordError, where: _Where) -> str:
+        policy = self.retry_policy
+        if self.gate is not None and policy.counts_against_instance(e):
             self.gate.report_failure(str(e))
-        if claim.attempts >= self.settings.max_attempts:
+        decision = policy.after_error(claim.attempts, e)
+        if decision.action is Action.FAIL:
             self._db(
                 self.ledger.fail,
                 claim,
                 kind=e.kind,
-                message=f"gave up after {claim.attempts} attempts: {e}",
+                message=decision.reason,
+                raw=e.raw,
+                prompt_tokens=e.prompt_tokens,
+                completion_tokens=e.completion_tokens,
+                finish_reason=e.finish_reason,
             )
-            logger.warning(
-                "%s failed after %s attempts: %s", where, claim.attempts, e, extra=where.extra
-            )
+            logger.warning("%s failed (%s): %s", where, e.kind, decision.reason, extra=where.extra)
             return "failed"
-        self._db(self.ledger.retry_later, claim, kind=e.kind, message=str(e))
-        delay = backoff(
-            claim.attempts,
-            base=self.settings.retry_backoff_base,
-            cap=self.settings.retry_backoff_max,
-            retry_after=e.retry_after,
-        )
+        self._db(self.ledger.retry_later, claim, kind=e.kind, message=str(e), delay=decision.delay)
         logger.info(
-            "%s attempt %s: %s; retry in %.1fs", where, claim.attempts, e, delay, extra=where.extra
+            "%s attempt %s: %s; retry in %.1fs",
+            where,
+            claim.attempts,
+            e,
+            decision.delay,
+            extra=where.extra,
         )
-        raise RetryLater(delay, str(e))
+        return "retry"

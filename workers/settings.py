@@ -75,7 +75,6 @@ class Settings(BaseSettings):
     # instance's median a record must have run to count as a straggler.
     hedge: bool = True
     hedge_after: float = Field(DEFAULT_HEDGE_AFTER, gt=1)
-    log_level: str = "INFO"
 
     @field_validator("database_url")
     @classmethod
@@ -95,15 +94,16 @@ class Settings(BaseSettings):
         """Raise :class:`ConfigError` when the settings cannot deliver every record.
 
         kombu's Redis transport restores an unacked message ``visibility_timeout`` after
-        it was fetched, counting any countdown it waited: if a task plus its retry delay
-        can outlast it, the message is delivered twice while the first copy still runs.
+        it was fetched: if a task can outlast it, the message is delivered twice while the
+        first copy still runs. (Retries wait in the ledger, not in Redis, so no retry
+        delay counts here.)
         """
-        longest = self.longest_task + self.retry_backoff_max
+        longest = self.longest_task
         if self.visibility_timeout <= longest:
             raise ConfigError(
                 f"visibility_timeout ({self.visibility_timeout:g}s) must exceed the longest "
-                f"task plus retry delay ({longest:g}s): raise VFLEET_VISIBILITY_TIMEOUT or "
-                "lower VFLEET_REQUEST_TIMEOUT / VFLEET_RETRY_BACKOFF_MAX"
+                f"task ({longest:g}s): raise VFLEET_VISIBILITY_TIMEOUT or lower "
+                "VFLEET_REQUEST_TIMEOUT"
             )
 
     def public_dict(self) -> dict[str, Any]:

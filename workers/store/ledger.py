@@ -8,6 +8,8 @@ finds nothing to do:
   to ``running`` and bumps ``attempts``; the attempt number is the claim's identity.
 * :meth:`Ledger.succeed`, :meth:`Ledger.fail` and :meth:`Ledger.retry_later` only act on
   the row while it is still ``running`` under that same attempt.
+* A record waiting for a retry stays here (``retry``, unpublished, ``not_before``) and is
+  published by the feeder when :meth:`Ledger.due` returns it: never as a delayed message.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ _CLAIM = (
         instance=bindparam("b_instance"),
         task_id=bindparam("b_task"),
         started_at=bindparam("b_now"),
+        not_before=None,
     )
     .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
 )
@@ -276,7 +279,8 @@ class Ledger:
             return len(conn.execute(stmt, rows).all())
 
     def unpublished(self, batch_id: int, *, limit: int) -> list[int]:
-        """Ids of queued records never published, in input order."""
+        """Ids of queued records never published (or given back), in input order; those
+        given back with a ``not_before`` still ahead included."""
         q = (
             select(Record.id)
             .where(
@@ -290,11 +294,76 @@ class Ledger:
         with self.engine.connect() as conn:
             return [int(i) for i in conn.scalars(q)]
 
-    def mark_published(self, ids: Sequence[int]) -> None:
+    def waiting(self, batch_id: int) -> bool:
+        """Whether any record of the batch waits to be published (due or not yet)."""
+        q = (
+            select(Record.id)
+            .where(
+                Record.batch_id == batch_id,
+                Record.status.in_(CLAIMABLE),
+                Record.published_at.is_(None),
+            )
+            .limit(1)
+        )
+        with self.engine.connect() as conn:
+            return conn.scalar(q) is not None
+
+    def due(self, batch_id: int, *, limit: int, now: datetime | None = None) -> list[int]:
+        """Ids of the batch's records waiting to be published that are due now: retries
+        whose ``not_before`` has passed (longest waiting first), then queued records in
+        input order. Each query walks one index (``ix_records_batch_retry`` and
+        ``ix_records_batch_status``), so a batch of millions reads only ``limit`` rows."""
+        now = now or utcnow()
+        due_now = or_(Record.not_before.is_(None), Record.not_before <= now)
+        retries = (
+            select(Record.id)
+            .where(
+                Record.batch_id == batch_id,
+                Record.status == Status.RETRY,
+                Record.published_at.is_(None),
+                Record.not_before <= now,
+            )
+            .order_by(Record.not_before)
+            .limit(limit)
+        )
+        with self.engine.connect() as conn:
+            ids = [int(i) for i in conn.scalars(retries)]
+            if len(ids) < limit:
+                queued = (
+                    select(Record.id)
+                    .where(
+                        Record.batch_id == batch_id,
+                        Record.status == Status.QUEUED,
+                        Record.published_at.is_(None),
+                        due_now,
+                    )
+                    .order_by(Record.seq)
+                    .limit(limit - len(ids))
+                )
+                ids += [int(i) for i in conn.scalars(queued)]
+        return ids
+
+    def mark_published(self, ids: Sequence[int], *, published: bool = True) -> None:
+        """Stamp ``ids`` as published now (or, ``published=False``, as never published:
+        a publish that failed)."""
         if not ids:
             return
+        when = utcnow() if published else None
         with self.engine.begin() as conn:
-            conn.execute(update(Record).where(Record.id.in_(ids)).values(published_at=utcnow()))
+            conn.execute(update(Record).where(Record.id.in_(ids)).values(published_at=when))
+
+    def give_back(self, record_id: int, *, delay: float, now: datetime | None = None) -> bool:
+        """Hand an unclaimed waiting record back to the feeder, due ``delay`` seconds from
+        now (a worker that cannot run it: closed gate, shutting down). False if it is not
+        waiting (claimed, finished)."""
+        now = now or utcnow()
+        stmt = (
+            update(Record)
+            .where(Record.id == record_id, Record.status.in_(CLAIMABLE))
+            .values(published_at=None, not_before=now + timedelta(seconds=delay))
+        )
+        with self.engine.begin() as conn:
+            return conn.execute(stmt).rowcount == 1
 
     # -- the state machine -------------------------------------------------------------
 
@@ -377,8 +446,9 @@ class Ledger:
             finished_at=utcnow(),
         )
 
-    def retry_later(self, claim: Claim, *, kind: str, message: str) -> bool:
-        """Give the record back as ``retry``, keeping the error of this attempt.
+    def retry_later(self, claim: Claim, *, kind: str, message: str, delay: float = 0.0) -> bool:
+        """Give the record back as ``retry``, due ``delay`` seconds from now, keeping the
+        error of this attempt. It waits here, unpublished, until the feeder publishes it.
 
         If its batch was cancelled while it ran, it becomes ``cancelled`` instead.
         """
@@ -387,14 +457,14 @@ class Ledger:
             .where(Batch.id == Record.batch_id, Batch.cancelled_at.is_not(None))
             .exists()
         )
-        # published_at restarts the reconciler's grace: Celery publishes the retry next.
         return self._finish(
             claim,
             _log_entry(kind, message, "retry"),
             status=case((cancelled, Status.CANCELLED.value), else_=Status.RETRY.value),
             error_kind=kind,
             error=message,
-            published_at=utcnow(),
+            published_at=None,
+            not_before=utcnow() + timedelta(seconds=delay),
         )
 
     # -- hedged requests (workers.hedging) ---------------------------------------------
@@ -545,6 +615,7 @@ class Ledger:
                 status=Status.QUEUED,
                 attempts=0,
                 published_at=None,
+                not_before=None,
                 lease_until=None,
                 finished_at=None,
             )
@@ -627,7 +698,7 @@ class Ledger:
             stmt = (
                 update(Record)
                 .where(Record.batch_id == batch_id, Record.status == Status.CANCELLED)
-                .values(status=Status.QUEUED, published_at=None, finished_at=None)
+                .values(status=Status.QUEUED, published_at=None, not_before=None, finished_at=None)
             )
             return int(conn.execute(stmt).rowcount)
 
