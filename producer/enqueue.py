@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from producer.readers import BadRow, MissingKeyError, read_records, record_key
 from producer.readers.base import DEFAULT_MAX_RECORD_BYTES
 from producer.readers.keys import CUSTOM_ID_FIELD
+from workers.broker import redis_client
 from workers.dispatch import Dispatcher
 from workers.errors import VfleetError
 from workers.feeder import Feeder
@@ -195,14 +196,13 @@ def store_file(
 
 def make_feeder(settings: Settings, fleet: Fleet, ledger: Ledger, app: Celery) -> Feeder:
     """The feeder the producer uses for the first window of a batch."""
-    import redis
 
     return Feeder(
         ledger=ledger,
         dispatcher=Dispatcher(app),
         fleet=fleet,
         settings=settings,
-        redis_client=redis.Redis.from_url(settings.broker_url),
+        redis_client=redis_client(settings.broker_url),
     )
 
 

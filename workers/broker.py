@@ -20,6 +20,23 @@ from workers.queues import PROCESS_RECORD_TASK
 
 logger = logging.getLogger(__name__)
 
+DEFAULT_SOCKET_TIMEOUT = 5.0
+DEFAULT_CONNECT_TIMEOUT = 3.0
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for vfleet's own Redis commands (feeding, reconciling, health keys, locks).
+
+    Every wait is bounded: a stalled or paused Redis costs the caller one failed round, not
+    a thread blocked until Redis comes back.
+    """
+    return redis.Redis.from_url(
+        url,
+        socket_timeout=DEFAULT_SOCKET_TIMEOUT,
+        socket_connect_timeout=DEFAULT_CONNECT_TIMEOUT,
+        health_check_interval=30,
+    )
+
 
 def record_id_of(envelope: dict[str, Any]) -> int | None:
     """The record id a kombu envelope carries, or None if it is not a record task."""

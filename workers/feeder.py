@@ -1,24 +1,25 @@
 """Keep Redis fed from SQL, a window at a time, and re-publish what Redis lost.
 
 * :meth:`Feeder.feed` tops each queue up to its window (a small multiple of the
-  concurrency that consumes it) with the next unpublished records, in input order, so a
-  batch of 10^7 records never sits in Redis at once.
+  concurrency that consumes it) with the records that are due: retries whose wait is over,
+  then the next unpublished records in input order. So a batch of 10^7 records never sits
+  in Redis at once, and neither does a record waiting out a retry delay.
 * :meth:`Feeder.reconcile` finds records that should have a live message but have none
   (Redis restarted, a worker was SIGKILLed between fetch and ack, a lease expired) and
   publishes them again. A duplicate message is harmless: the claim lets one through.
 
-Both run under a Redis lock, so many workers may call them and one does the work.
+Both run under a Redis lock (:class:`workers.locks.RoundLock`), so many workers may call
+them and one does the work.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from collections.abc import Set as AbstractSet
-from contextlib import contextmanager
 
 import redis
 
@@ -27,6 +28,7 @@ from workers.dispatch import Dispatcher, live_targets
 from workers.fleet import Fleet
 from workers.hedging import Running, medians, pick_hedges
 from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key, hedged_key
+from workers.locks import RoundLock, process_token
 from workers.queues import instance_queue, shared_queue
 from workers.routes import Route
 from workers.settings import Settings
@@ -36,7 +38,6 @@ from workers.store.models import utcnow
 logger = logging.getLogger(__name__)
 
 DEFAULT_RECONCILE_LIMIT = 5000
-LOCK_TIMEOUT = 30.0
 HEDGE_SAMPLE = 500
 """Latest results per batch whose latencies give the instances' medians."""
 HEDGED_TTL = 86_400
@@ -57,6 +58,7 @@ class Feeder:
         self.redis = redis_client
         self.fleet = fleet
         self.settings = settings
+        self._token = process_token()
 
     def _window(self, concurrency: int) -> int:
         return max(self.settings.window_min, int(self.settings.window_factor * concurrency))
@@ -90,15 +92,9 @@ class Feeder:
                 down.add(name)
         return frozenset(down)
 
-    @contextmanager
-    def _locked(self, name: str) -> Iterator[bool]:
-        lock = self.redis.lock(name, timeout=LOCK_TIMEOUT, blocking=False)
-        got = lock.acquire()
-        try:
-            yield bool(got)
-        finally:
-            if got:
-                lock.release()
+    def _locked(self, name: str) -> RoundLock:
+        # Per thread too: two threads of one process must not both get in.
+        return RoundLock(self.redis, name, token=f"{self._token}:{threading.get_ident()}")
 
     def feed(self) -> int:
         """Top every queue up to its window; returns how many records were published."""
@@ -117,16 +113,26 @@ class Feeder:
             free = sum(room[q] for q in queues)
             if free <= 0:
                 continue
-            ids = self.ledger.unpublished(batch.id, limit=free)
+            ids = self.ledger.due(batch.id, limit=free)
             if not ids:
                 continue
-            self.dispatcher.publish(batch, ids, down=down)
-            self.ledger.mark_published(ids)
+            self._publish(batch, ids, down)
             published += len(ids)
             _spend(room, list(queues), len(ids))
         if published:
             logger.info("fed %s records into Redis", published)
         return published
+
+    def _publish(self, batch: BatchInfo, ids: list[int], down: AbstractSet[str]) -> None:
+        """Mark ``ids`` published, then publish them. In this order a worker can never see
+        a message before its mark (and later find its own ``retry`` stamped published);
+        a publish that fails is unmarked, so the records wait for the next round."""
+        self.ledger.mark_published(ids)
+        try:
+            self.dispatcher.publish(batch, ids, down=down)
+        except BaseException:
+            self.ledger.mark_published(ids, published=False)
+            raise
 
     def hedge(self) -> int:
         """Run the tail's slowest records again on faster instances; returns how many.
@@ -146,7 +152,7 @@ class Feeder:
             if batch.route != Route.SHARED:
                 continue
             queue = shared_queue(batch.model)
-            if queue_length(self.redis, queue) or self.ledger.unpublished(batch.id, limit=1):
+            if queue_length(self.redis, queue) or self.ledger.waiting(batch.id):
                 continue  # records still wait for a slot: no tail yet
             serving = [
                 i.name
@@ -197,14 +203,11 @@ class Feeder:
         # old ones, run when it comes back, find their records claimed or done).
         routed = {b.id: self.queues_of(b, down) for b in batches.values()}
         queues = {q for per_batch in routed.values() for q in per_batch}
-        queues |= {shared_queue(b.model) for b in batches.values()}  # given-back messages
         live = live_messages(self.redis, queues)
         # A message a worker fetched this long ago and still holds, for a record nobody is
-        # running, was fetched by a worker that died (or it waits out a retry countdown,
-        # which never exceeds retry_backoff_max).
-        held_too_long = (
-            time.time() - self.settings.reconcile_grace - self.settings.retry_backoff_max
-        )
+        # running, was fetched by a worker that died: messages never wait for a countdown
+        # (retries wait in the ledger), so a live worker starts what it fetches at once.
+        held_too_long = time.time() - self.settings.reconcile_grace
         missing: dict[int, list[int]] = defaultdict(list)
         for record_id, batch_id, orphaned in stale:
             if not routed.get(batch_id):  # not active, or every instance it goes to is down
@@ -215,8 +218,7 @@ class Feeder:
                 missing[batch_id].append(record_id)
         total = 0
         for batch_id, ids in missing.items():
-            self.dispatcher.publish(batches[batch_id], ids, down=down)
-            self.ledger.mark_published(ids)
+            self._publish(batches[batch_id], ids, down)
             total += len(ids)
             logger.warning(
                 "batch %s: re-published %s records that had no live message",

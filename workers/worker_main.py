@@ -15,9 +15,9 @@ import socket
 import threading
 from typing import Any
 
-import redis
 from celery import signals
 
+from workers.broker import redis_client as broker_client
 from workers.celery_app import create_app, install_runtime
 from workers.dispatch import Dispatcher
 from workers.feeder import Feeder
@@ -80,7 +80,7 @@ def run_worker(
     )
     install_runtime(app, runtime)
     queues = [shared_queue(inst.model), instance_queue(inst.name)]
-    redis_client = redis.Redis.from_url(settings.broker_url)
+    redis_client = broker_client(settings.broker_url)
 
     def on_gate_change(up: bool) -> None:
         # Broadcast to ourselves: the consumer changes queues in its own thread.

@@ -9,9 +9,9 @@ from __future__ import annotations
 import functools
 import logging
 
-import redis
 from celery import Celery, Task
 
+from workers.broker import redis_client
 from workers.celery_app import fleet_of, settings_of
 from workers.dispatch import Dispatcher
 from workers.feeder import Feeder
@@ -29,7 +29,7 @@ def register_maintenance_tasks(app: Celery) -> None:
         return Feeder(
             ledger=open_ledger(settings),
             dispatcher=Dispatcher(app),
-            redis_client=redis.Redis.from_url(settings.broker_url),
+            redis_client=redis_client(settings.broker_url),
             fleet=fleet_of(app),
             settings=settings,
         )

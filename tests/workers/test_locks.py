@@ -1,0 +1,61 @@
+"""The feeder's round lock against a real Redis, including one that stalls mid-request."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from ops.redis_server import RedisServer
+from tests.services import start_redis, wait_for
+from workers.locks import RoundLock
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def own_redis() -> Iterator[RedisServer]:
+    server = start_redis()
+    yield server
+    server.process.send_signal(signal.SIGCONT)
+    server.cleanup()
+
+
+def test_one_holder_at_a_time_and_released_after_the_round(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    first = RoundLock(client, "vfleet:lock:test", token="a")
+    with first as mine:
+        assert mine
+        with RoundLock(client, "vfleet:lock:test", token="b") as theirs:
+            assert not theirs
+    assert client.get("vfleet:lock:test") is None
+    client.close()
+
+
+def test_a_lock_request_that_ran_after_its_sender_gave_up_is_not_orphaned(
+    own_redis: RedisServer,
+) -> None:
+    """A paused Redis runs a SET NX its sender already gave up on: the lock then holds a
+    token nobody waits on. Its sender, acquiring with the same token, has it at once."""
+    impatient = redis.Redis.from_url(own_redis.url, socket_timeout=0.5)
+    patient = redis.Redis.from_url(own_redis.url)
+    lock = RoundLock(impatient, "vfleet:lock:feed", token="me", timeout=60)
+    with lock as mine:  # a round as usual: Redis now knows the acquire script
+        assert mine
+    own_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(redis.TimeoutError):
+            lock.acquire(token="me")
+    finally:
+        own_redis.process.send_signal(signal.SIGCONT)
+    wait_for(lambda: patient.get("vfleet:lock:feed") == b"me", timeout=10,
+             what="the stalled SET NX to run")  # fmt: skip
+    with RoundLock(patient, "vfleet:lock:feed", token="someone-else") as theirs:
+        assert not theirs  # held, as a lock must be...
+    with RoundLock(patient, "vfleet:lock:feed", token="me") as mine:
+        assert mine  # ...but not lost to its own sender
+    assert patient.get("vfleet:lock:feed") is None
+    impatient.close()
+    patient.close()

@@ -1,0 +1,70 @@
+"""The Redis lock that lets many workers share the feeder's rounds: one does the work.
+
+It is redis-py's :class:`redis.lock.Lock` with one change: a process takes its lock with a
+token of its own that stays the same for its life, and an acquire that finds the key
+already holding that token succeeds. That matters when Redis stalls (paused, overloaded):
+a ``SET NX`` sent by a client that gave up waiting still runs when Redis resumes, and
+would leave a lock nobody knows it holds, stopping every feeder until its TTL ran out. With
+a stable token the process that sent it simply has it on its next round.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from typing import Any
+
+import redis
+from redis.lock import Lock
+
+DEFAULT_ROUND_LOCK_TIMEOUT = 10.0
+"""A feed or reconcile round takes well under this; a lock whose holder died frees itself
+this soon."""
+
+_ACQUIRE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+def process_token() -> str:
+    """A token naming this process (host, pid) and this start of it."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class RoundLock(Lock):
+    """A non-blocking lock for one round of shared work, held under a stable token.
+
+    ``with RoundLock(client, name, token=t) as mine:`` runs the body either way; ``mine``
+    says whether this process holds the lock for it.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        name: str,
+        *,
+        token: str,
+        timeout: float = DEFAULT_ROUND_LOCK_TIMEOUT,
+    ) -> None:
+        super().__init__(client, name, timeout=timeout, blocking=False, thread_local=False)
+        self.token = token
+        self._acquire_script: Any = client.register_script(_ACQUIRE)
+
+    def do_acquire(self, token: str | bytes) -> bool:
+        assert self.timeout is not None
+        return bool(self._acquire_script(keys=[self.name], args=[token, int(self.timeout * 1000)]))
+
+    def __enter__(self) -> bool:  # type: ignore[override]
+        self.held = bool(self.acquire(token=self.token))
+        return self.held
+
+    def __exit__(self, *exc: object) -> None:
+        if self.held:
+            self.held = False
+            self.release()
