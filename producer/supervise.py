@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -9,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import IO, TYPE_CHECKING
@@ -24,20 +26,19 @@ DEFAULT_STOP_TIMEOUT = 40.0
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """Environment that gives a child process the same settings as ours."""
+    """Environment that gives a child process the same settings as ours: every field of
+    ``settings`` as its ``VFLEET_`` variable (the fleet file as an absolute path)."""
     env = dict(os.environ)
-    env.update(
-        {
-            "VFLEET_BROKER_URL": settings.broker_url,
-            "VFLEET_DATABASE_URL": settings.database_url,
-            "VFLEET_FLEET_FILE": str(Path(settings.fleet_file).resolve()),
-            "VFLEET_VISIBILITY_TIMEOUT": str(settings.visibility_timeout),
-            "VFLEET_REQUEST_TIMEOUT": str(settings.request_timeout),
-            "VFLEET_MAX_ATTEMPTS": str(settings.max_attempts),
-            "VFLEET_RETRY_BACKOFF_BASE": str(settings.retry_backoff_base),
-            "VFLEET_RETRY_BACKOFF_MAX": str(settings.retry_backoff_max),
-        }
-    )
+    for name, value in settings.model_dump(mode="json").items():
+        key = f"VFLEET_{name.upper()}"
+        if value is None:
+            env.pop(key, None)
+        elif name == "fleet_file":
+            env[key] = str(Path(settings.fleet_file).resolve())
+        elif isinstance(value, bool | list | dict):
+            env[key] = json.dumps(value)
+        else:
+            env[key] = str(value)
     return env
 
 
@@ -114,6 +115,102 @@ class ProcessGroup:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+DEFAULT_RESTART_BACKOFF = 1.0
+DEFAULT_RESTART_BACKOFF_MAX = 60.0
+DEFAULT_STABLE_AFTER = 60.0
+"""A child that ran this long before it died is restarted after the shortest backoff."""
+
+
+def describe_exit(code: int) -> str:
+    """``exit code 1`` or ``signal SIGKILL``, as a log line says it."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+@dataclass
+class _Child:
+    argv: list[str]
+    env: Mapping[str, str] | None
+    log: Path | None
+    started_at: float = 0.0
+    restarts: int = 0
+    backoff: float = 0.0
+    due: float | None = None
+    """When a dead child is started again (None: running)."""
+
+
+class Supervisor:
+    """Keeps a :class:`ProcessGroup`'s children running: one that exits on its own is
+    started again after a backoff (doubling from ``backoff`` to ``backoff_max``; back to
+    ``backoff`` once it had run ``stable_after`` seconds), with a log line saying why.
+
+    Call :meth:`poll` periodically; :meth:`ProcessGroup.stop` ends them all for good.
+    """
+
+    def __init__(
+        self,
+        group: ProcessGroup,
+        *,
+        backoff: float = DEFAULT_RESTART_BACKOFF,
+        backoff_max: float = DEFAULT_RESTART_BACKOFF_MAX,
+        stable_after: float = DEFAULT_STABLE_AFTER,
+    ) -> None:
+        self.group = group
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.stable_after = stable_after
+        self.children: dict[str, _Child] = {}
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        log: Path | None = None,
+    ) -> None:
+        child = self.children[name] = _Child(list(argv), env, log)
+        self._launch(name, child)
+
+    def _launch(self, name: str, child: _Child) -> None:
+        self.group.start(name, child.argv, env=child.env, log=child.log)
+        child.started_at = time.monotonic()
+        child.due = None
+
+    def poll(self) -> None:
+        """Notice children that died and start those whose backoff is over."""
+        now = time.monotonic()
+        for name, child in self.children.items():
+            proc = self.group.procs[name]
+            if child.due is None:
+                code = proc.poll()
+                if code is None:
+                    continue
+                ran = now - child.started_at
+                child.backoff = (
+                    self.backoff
+                    if ran >= self.stable_after or child.backoff == 0
+                    else min(self.backoff_max, child.backoff * 2)
+                )
+                child.due = now + child.backoff
+                child.restarts += 1
+                logger.warning(
+                    "%s (pid %s) died with %s after %.0fs; restarting in %.1fs (restart %s)",
+                    name,
+                    proc.pid,
+                    describe_exit(code),
+                    ran,
+                    child.backoff,
+                    child.restarts,
+                )
+            elif now >= child.due:
+                self._launch(name, child)
 
 
 class TerminateOnSignal:

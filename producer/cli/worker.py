@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from producer.context import Context
-from producer.supervise import ProcessGroup, TerminateOnSignal, settings_env, vfleet_argv
+from producer.supervise import (
+    ProcessGroup,
+    Supervisor,
+    TerminateOnSignal,
+    settings_env,
+    vfleet_argv,
+)
 
 
 def worker(
@@ -33,16 +39,20 @@ def worker(
 
 
 def workers(ctx: typer.Context) -> None:
-    """Start one worker per instance of the fleet file; Ctrl-C or SIGTERM stops them all."""
+    """Start one worker per instance of the fleet file and keep them running: a worker that
+    dies is started again (backoff from 1 s doubling to 60 s, a log line saying why).
+    Ctrl-C or SIGTERM stops them all."""
     c: Context = ctx.obj
     c.settings.check()
     env = settings_env(c.settings)
     with TerminateOnSignal(), ProcessGroup() as group:
+        supervisor = Supervisor(group)
         for inst in c.fleet.instances:
-            group.start(inst.name, vfleet_argv("worker", "--instance", inst.name), env=env)
+            supervisor.start(inst.name, vfleet_argv("worker", "--instance", inst.name), env=env)
         typer.echo(f"started {len(group.procs)} workers; Ctrl-C stops them", err=True)
         try:
-            while group.alive():
+            while True:
+                supervisor.poll()
                 time.sleep(0.5)
         except KeyboardInterrupt:
             typer.echo("stopping workers...", err=True)
