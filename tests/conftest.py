@@ -9,7 +9,27 @@ from pathlib import Path
 import pytest
 
 from ops.redis_server import RedisServer
+from tests import leftovers
 from tests.services import postgres_admin_url, postgres_database, start_redis
+
+_RUN_MARKER = leftovers.mark_this_run()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail the run if a process it started (a server, a worker, a command run through the
+    test sshd) is still alive once every fixture was torn down; then kill it."""
+    found = leftovers.wait_for_leftovers(_RUN_MARKER)
+    if not found:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    lines = [f"{len(found)} process(es) started by the tests are still running:"]
+    lines += [f"  {item}" for item in found]
+    if reporter is not None:
+        reporter.write_sep("=", "processes left running", red=True)
+        for line in lines:
+            reporter.write_line(line)
+    leftovers.kill(found)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

@@ -14,6 +14,7 @@ from types import TracebackType
 from typing import Any
 
 import httpx2
+import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from ops.sim.launcher import SimFleet, free_ports
@@ -22,6 +23,7 @@ from producer.supervise import ProcessGroup, settings_env, vfleet_argv, wait_for
 from tests.services import vfleet, wait_for
 from workers.celery_app import create_app
 from workers.fleet import InstanceConfig
+from workers.keys import hedged_key
 from workers.settings import Settings
 from workers.store.ledger import Ledger, iter_records
 from workers.store.opening import open_ledger
@@ -37,16 +39,18 @@ DEFAULT_SIM_ARGS = (
     "--output-tokens",
     "5-20",
 )
-# Short timeouts so that faults are noticed and recovered from within a test's time.
+# Short enough that faults are noticed and recovered from within a test's time, long enough
+# that a busy 2-core machine does not turn a slow answer into a fault: no request times
+# out and no lease expires under a live worker (renewed every quarter lease).
 TEST_SETTINGS: dict[str, Any] = {
-    "request_timeout": 10,
-    "connect_timeout": 3,
+    "request_timeout": 30,
+    "connect_timeout": 5,
     "retry_backoff_base": 0.2,
     "retry_backoff_max": 2,
-    "lease_seconds": 8,
+    "lease_seconds": 30,
     "reconcile_interval": 2,
-    "reconcile_grace": 4,
-    "visibility_timeout": 120,
+    "reconcile_grace": 10,
+    "visibility_timeout": 300,
     "shutdown_grace": 8,
     "db_retry_seconds": 60,
 }
@@ -159,7 +163,7 @@ class Pipeline:
         proc.send_signal(sig)
         return proc.wait(60)
 
-    def wait_workers(self, n: int, timeout: float = 60) -> None:
+    def wait_workers(self, n: int, timeout: float = 180) -> None:
         app = create_app(self.settings)
         seen = wait_for_workers(app, n, timeout=timeout)
         assert seen >= n, f"only {seen} of {n} workers answered a ping in {timeout}s"
@@ -180,13 +184,13 @@ class Pipeline:
         c = self.counts(batch)
         return c["succeeded"] + c["failed"]
 
-    def wait_done(self, batch: str, total: int, timeout: float = 180) -> dict[str, int]:
+    def wait_done(self, batch: str, total: int, timeout: float = 300) -> dict[str, int]:
         wait_for(
             lambda: self.done(batch) == total, timeout=timeout, what=f"batch {batch} to finish"
         )
         return self.counts(batch)
 
-    def wait_progress(self, batch: str, at_least: int, timeout: float = 120) -> None:
+    def wait_progress(self, batch: str, at_least: int, timeout: float = 300) -> None:
         wait_for(
             lambda: self.done(batch) >= at_least,
             timeout=timeout,
@@ -195,6 +199,15 @@ class Pipeline:
 
     def records(self, batch: str) -> list[Any]:
         return list(iter_records(self.ledger.engine, self.ledger.batch(batch).id))
+
+    def hedged(self, batch: str) -> set[int]:
+        """Ids of the batch's records the feeder sent to a second instance (hedges)."""
+        client = redis.Redis.from_url(self.settings.broker_url)
+        try:
+            members = client.smembers(hedged_key(self.ledger.batch(batch).id))
+            return {int(m) for m in members}  # type: ignore[union-attr]
+        finally:
+            client.close()
 
     def sim_requests(self) -> float:
         """Completions every live simulated instance has answered, from its /metrics."""
@@ -229,7 +242,7 @@ class RecoveryClock:
         self.sample()
         self.fault_at = time.monotonic()
 
-    def watch_until_done(self, total: int, timeout: float = 180) -> None:
+    def watch_until_done(self, total: int, timeout: float = 300) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             self.sample()

@@ -11,6 +11,7 @@ import pytest
 from ops.sim.server import DIE_EXIT_CODE
 from tests.ops.conftest import FleetFactory
 from tests.ops.simtools import http
+from tests.services import wait_for
 
 MODEL = "sim-model"
 HELLO = [{"role": "user", "content": "hello"}]
@@ -84,8 +85,7 @@ def test_die_after_ends_the_process_and_the_port_refuses(start_sim: FleetFactory
 def test_die_after_for_one_instance_leaves_the_others_serving(start_sim: FleetFactory) -> None:
     fleet = start_sim("--ttft", "0", "--die-after", "1", instances=3)
     assert ask(fleet.urls[1])
-    time.sleep(0.2)
-    assert refuses_connections(fleet.ports[1])
+    wait_for(lambda: refuses_connections(fleet.ports[1]), timeout=30, what="instance 1 to die")
     assert fleet.process.poll() is None
     assert ask(fleet.urls[0])  # instance 0 dies now too (its first request), 2 lives on
     time.sleep(0.2)

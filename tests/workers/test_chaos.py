@@ -16,17 +16,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis as redis_lib
 
 from ops.redis_server import RedisServer
 from tests.pg_server import PostgresServer, pg_bindir
-from tests.pipeline import Pipeline, RecoveryClock, judge_rows, write_jsonl
-from tests.services import missing, start_redis
+from tests.pipeline import MODEL, Pipeline, RecoveryClock, judge_rows, write_jsonl
+from tests.services import missing, start_redis, wait_for
+from workers.broker import live_messages
 from workers.celery_app import create_app
 from workers.dispatch import Dispatcher
+from workers.keys import KOMBU_UNACKED
+from workers.queues import instance_queue, shared_queue
 from workers.store.engine import make_engine
 from workers.store.migrate import upgrade
 
-pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(420)]
+pytestmark = [pytest.mark.chaos, pytest.mark.slow, pytest.mark.timeout(900)]
 
 N = 2000
 SLOW_SIM = ("--max-num-seqs", "16", "--ttft", "0.05", "--itl", "0.002", "--output-tokens", "5-20")
@@ -127,18 +131,59 @@ def test_round_robin_routes_around_an_instance_that_stays_dead(
         assert others == {"sim-2", "sim-3", "sim-4"}
 
 
-def test_redis_restarted_empty_mid_batch_loses_no_record(tmp_path: Path) -> None:
+def queues(p: Pipeline) -> list[str]:
+    return [shared_queue(MODEL), *(instance_queue(i.name) for i in p.instances)]
+
+
+def _assert_workers_survived(p: Pipeline) -> None:
+    """Every worker process the pipeline started is still the one alive, and none logged
+    Celery's "Unrecoverable error"."""
+    dead = {
+        name: proc.returncode for name, proc in p.group.procs.items() if proc.poll() is not None
+    }
+    assert not dead, f"workers died: {dead}"
+    for log in p.tmp.glob("worker-*.log"):
+        assert "Unrecoverable error" not in log.read_text(errors="replace"), log.name
+
+
+def test_redis_restarted_empty_three_times_mid_batch_loses_no_record_and_no_worker(
+    tmp_path: Path,
+) -> None:
     redis = start_redis()
     try:
         with Pipeline(tmp_path, redis.url, sim_args=SLOW_SIM) as p:
             clock = _start(p, tmp_path, "redis")
             clock.fault()
-            redis.kill()
-            time.sleep(2)
-            redis.start()  # same port, no persistence: every queue is gone
-            clock.watch_until_done(N, timeout=240)
-            _report("redis restarted empty", p, "redis", clock)
+            for k in range(3):
+                # Same port, no persistence: every queue, lock and unacked message is gone.
+                redis.kill()
+                time.sleep(2)
+                redis.start()
+                if k < 2:  # let the fleet get going again before the next fault
+                    p.wait_progress("redis", min(N, p.done("redis") + N // 10), timeout=240)
+            clock.watch_until_done(N, timeout=300)
+            _report("redis restarted empty 3 times", p, "redis", clock)
+            _assert_workers_survived(p)
     finally:
+        redis.cleanup()
+
+
+def test_redis_paused_mid_batch_resumes_feeding_and_loses_nothing(tmp_path: Path) -> None:
+    redis = start_redis()
+    try:
+        with Pipeline(tmp_path, redis.url, sim_args=SLOW_SIM) as p:
+            clock = _start(p, tmp_path, "pause")
+            clock.fault()
+            # SIGSTOP, not a kill: commands sent meanwhile (lock requests among them) run
+            # when it resumes, after their senders gave up waiting.
+            redis.process.send_signal(signal.SIGSTOP)
+            time.sleep(15)
+            redis.process.send_signal(signal.SIGCONT)
+            clock.watch_until_done(N, timeout=300)
+            _report("redis paused 15 s", p, "pause", clock)
+            _assert_workers_survived(p)
+    finally:
+        redis.process.send_signal(signal.SIGCONT)
         redis.cleanup()
 
 
@@ -159,7 +204,7 @@ def test_postgresql_stopped_10s_mid_batch_loses_no_record(
             pg.stop("fast")
             time.sleep(10)
             pg.start()
-            clock.watch_until_done(N, timeout=240)
+            clock.watch_until_done(N, timeout=300)
             _report("postgresql stopped 10 s", p, "pg", clock)
     finally:
         pg.cleanup()
@@ -200,6 +245,35 @@ def test_thirty_percent_injected_errors_end_in_success(redis: RedisServer, tmp_p
         assert sum(kinds.values()) > N // 10  # the faults really happened and were retried
 
 
+def test_retries_wait_in_the_ledger_so_redis_stays_within_its_window(
+    redis: RedisServer, tmp_path: Path
+) -> None:
+    """30% of answers are 429 with Retry-After 20: the retried records wait in SQL, and Redis
+    holds no more than the feeder's window plus what the workers are running."""
+    limited = (*SLOW_SIM, "--fail-rate", "0.3", "--fail-kinds", "429", "--retry-after", "20",
+               "--seed", "5")  # fmt: skip
+    with Pipeline(tmp_path, redis.url, sim_args=limited, max_attempts=25) as p:
+        client = redis_lib.Redis.from_url(redis.url)
+        shared = shared_queue(MODEL)
+        window = max(p.settings.window_min, int(p.settings.window_factor * 4 * p.concurrency))
+        running = 4 * p.concurrency  # prefetch multiplier 1: one message per thread
+        peaks = {"queue": 0, "unacked": 0, "retry": 0}
+        p.enqueue(write_jsonl(tmp_path / "429.jsonl", judge_rows(N, prefix="r")), "r429")
+        deadline = time.monotonic() + 300
+        while p.done("r429") < N:
+            assert time.monotonic() < deadline, f"batch did not finish: {p.counts('r429')}"
+            peaks["queue"] = max(peaks["queue"], int(client.llen(shared)))  # type: ignore[arg-type]
+            peaks["unacked"] = max(peaks["unacked"], int(client.hlen(KOMBU_UNACKED)))  # type: ignore[arg-type]
+            peaks["retry"] = max(peaks["retry"], p.counts("r429")["retry"])
+            time.sleep(0.1)
+        client.close()
+        print(f"CHAOS 429 window {window} running {running} peaks {peaks}")
+        _report("30% 429 with Retry-After 20", p, "r429", None)
+        assert peaks["retry"] > 50  # the 429s happened, and their records waited in SQL
+        assert peaks["queue"] <= window
+        assert peaks["unacked"] <= running + window // 8, peaks
+
+
 def test_duplicate_delivery_to_two_workers_has_one_effect(
     redis: RedisServer, tmp_path: Path
 ) -> None:
@@ -219,7 +293,9 @@ def test_duplicate_delivery_to_two_workers_has_one_effect(
         )
         Dispatcher(create_app(p.settings)).publish(shifted, ids)
         p.wait_done("dup", N)
-        time.sleep(3)  # let the late duplicates run into their claims
+        # Let every late duplicate run into its claim: wait until Redis holds none of them.
+        wait_for(lambda: not live_messages(redis_lib.Redis.from_url(redis.url), queues(p)),
+                 timeout=300, what="the duplicates to be consumed")  # fmt: skip
         _report("duplicate delivery", p, "dup", None)
         assert all(r.attempts == 1 for r in p.records("dup"))
         assert p.sim_requests() == N

@@ -39,11 +39,11 @@ def test_intervals_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_second_beat_is_refused_and_lock_is_refreshed_then_released(redis_url: str) -> None:
     client = redis.Redis.from_url(redis_url)
-    first = BeatLock(client, ttl=1.5)
+    first = BeatLock(client, ttl=3)
     with first:
         with pytest.raises(BeatAlreadyRunningError, match="another beat is running"):
-            BeatLock(client, ttl=1.5).acquire()
-        time.sleep(2.5)  # longer than the TTL: only the refresh keeps it
+            BeatLock(client, ttl=3).acquire()
+        time.sleep(4.5)  # longer than the TTL: only the refresh (every 1 s) keeps it
         assert client.get(BEAT_LOCK) == first.token.encode()
     assert client.get(BEAT_LOCK) is None
     client.close()
