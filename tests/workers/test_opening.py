@@ -1,16 +1,9 @@
 """Several real ``vfleet`` processes opening one new ledger at once: every one of them
-works, the schema is built once, on SQLite and on PostgreSQL.
-
-The processes import vfleet first and then wait for a start file, so that they all reach
-the migration within milliseconds of each other (a cold start takes a second or more,
-which would spread them out); then each runs the real CLI, ``producer.cli.run``.
-"""
+works and the schema is built once, on SQLite and on PostgreSQL (see tests.together)."""
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,24 +12,12 @@ from pathlib import Path
 import pytest
 from sqlalchemy import inspect
 
-from tests.services import ROOT, postgres_database
+from tests.services import postgres_database
+from tests.together import run_together
 from workers.store.engine import make_engine
 from workers.store.migrate import current_revision, head_revision
 
 pytestmark = pytest.mark.timeout(300)
-
-# Waits for its start file, then runs the vfleet CLI with the rest of its arguments.
-DRIVER = """
-import os, sys, time
-from producer.cli import run
-import alembic.command, sqlalchemy, workers.store.ledger, workers.store.migrate  # imported now
-ready, go = sys.argv[1], sys.argv[2]
-open(ready, "w").close()
-deadline = time.monotonic() + 120
-while not os.path.exists(go) and time.monotonic() < deadline:
-    time.sleep(0.002)
-sys.exit(run(sys.argv[3:]))
-"""
 
 PROCESSES = 4
 ROUNDS = 5
@@ -48,38 +29,6 @@ def cli_env(database_url: str, tmp: Path) -> dict[str, str]:
     env["VFLEET_BROKER_URL"] = "redis://127.0.0.1:1/0"  # never reached by these commands
     env["VFLEET_FLEET_FILE"] = str(tmp / "none.toml")
     return env
-
-
-def run_together(
-    tmp: Path, env: dict[str, str], argvs: list[list[str]], timeout: float = 180
-) -> list[subprocess.CompletedProcess[str]]:
-    """Start one process per argv, release them at once, and wait for all."""
-    go = tmp / f"go-{time.monotonic_ns()}"
-    procs, readies = [], []
-    for n, argv in enumerate(argvs):
-        ready = tmp / f"{go.name}-ready-{n}"
-        readies.append(ready)
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, "-c", DRIVER, str(ready), str(go), *argv],
-                cwd=ROOT,
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            )
-        )
-    deadline = time.monotonic() + timeout
-    while not all(r.exists() for r in readies):
-        assert time.monotonic() < deadline, "the processes never got ready"
-        assert all(p.poll() is None for p in procs), "a process died before the start"
-        time.sleep(0.02)
-    go.touch()
-    results = []
-    for p, argv in zip(procs, argvs, strict=True):
-        out, err = p.communicate(timeout=max(1.0, deadline - time.monotonic()))
-        results.append(subprocess.CompletedProcess(argv, p.returncode, out, err))
-    return results
 
 
 @contextmanager
