@@ -99,7 +99,11 @@ class EnqueueReport:
     lines: int = 0
     read: int = 0
     published: int = 0
+    """Records of the batch handed to the fleet (by this run or any feeder before)."""
+    published_now: int = 0
+    """Of those, how many this run published."""
     waiting: int = 0
+    """Records of the batch waiting in the ledger for room in the queues."""
     intake: IntakeResult = field(default_factory=IntakeResult)
     bad_count: int = 0
     blank_count: int = 0

@@ -54,6 +54,7 @@ def _report_dict(report: EnqueueReport) -> dict[str, Any]:
         "reused": report.reused,
         "already_stored": report.already_stored,
         "published": report.published,
+        "published_now": report.published_now,
         "waiting": report.waiting,
         "bad_lines": report.bad_count,
         "bad": [b.error for b in report.bad],
@@ -189,7 +190,7 @@ def enqueue(
     if report.read == 0:
         raise EnqueueError(_nothing_to_do(file, report))
     stored = f"batch {batch_name}: {report.read} records stored ({report.added} new)"
-    publish(c.settings, c.fleet, c.ledger, c.celery, stored)
+    report.published_now = publish(c.settings, c.fleet, c.ledger, c.celery, stored)
     report.waiting = waiting(c.ledger, report.batch)
     report.published = sum(c.ledger.counts(report.batch.id).values()) - report.waiting
     _print_report(report, as_json)
