@@ -246,27 +246,43 @@ def check_file(
 
 
 class _BadLineSink:
-    """Stores bad lines as they come, a chunk at a time, and notes them in the report."""
+    """Stores bad lines as they come, a chunk at a time, and notes them in the report.
+
+    The lines an earlier run of the same file stored are replaced at the first write (or
+    at :meth:`finish`): a run that fails before it found anything leaves them be.
+    """
 
     def __init__(self, ledger: Ledger, batch_id: int, source: str, report: EnqueueReport) -> None:
         self.engine, self.batch_id, self.source = ledger.engine, batch_id, source
         self.report = report
         self.stored = 0
         self._buf: list[bad_lines.NewBadLine] = []
+        self._cleared = False
 
     def add(self, row: BadRow) -> None:
         self.report.note(row)
-        self._buf.append(
-            bad_lines.NewBadLine(row.line, row.code, row.message, row.raw, row.custom_id)
-        )
+        line = bad_lines.NewBadLine(row.line, row.code, row.message, row.raw, row.custom_id)
+        self._buf.append(line)
         if len(self._buf) >= DEFAULT_INSERT_CHUNK:
             self.flush()
 
     def flush(self) -> None:
-        if self._buf:
-            bad_lines.add(self.engine, self.batch_id, self.source, self._buf)
-            self.stored += len(self._buf)
-            self._buf = []
+        if not self._buf:
+            return
+        self._clear()
+        bad_lines.add(self.engine, self.batch_id, self.source, self._buf)
+        self.stored += len(self._buf)
+        self._buf = []
+
+    def finish(self) -> None:
+        """The file was read to its end: store the rest, and clear what it no longer has."""
+        self.flush()
+        self._clear()
+
+    def _clear(self) -> None:
+        if not self._cleared:
+            bad_lines.clear(self.engine, self.batch_id, self.source)
+            self._cleared = True
 
 
 def store_file(
@@ -284,8 +300,8 @@ def store_file(
     source: str | None = None,
 ) -> EnqueueReport:
     """Store the file's records in ``batch`` and its other lines as the batch's bad lines
-    (replacing those an earlier run of the same file stored); returns what was read,
-    added, reused and bad.
+    (replacing those an earlier run of the same file stored, see :class:`_BadLineSink`);
+    returns what was read, added, reused and bad.
 
     Each row carries its work fingerprint; with ``reuse`` a row whose work already
     succeeded (in any batch) is stored with that result instead of being queued.
@@ -298,7 +314,6 @@ def store_file(
     report.models = models
     fingerprint = work_fingerprint(Spec.model_validate(batch.spec), batch.model)
     source = source if source is not None else source_name(path)
-    bad_lines.clear(ledger.engine, batch.id, source)
     sink = _BadLineSink(ledger, batch.id, source, report)
 
     def records() -> Iterator[IntakeRow]:
@@ -337,8 +352,11 @@ def store_file(
 
 def stored_so_far(report: EnqueueReport, path: Path) -> str:
     """What a failed :func:`store_file` left in its batch, as a phrase."""
+    name = report.batch.name
+    if report.intake.rows == 0:
+        return f"batch {name}: nothing of {path} stored before it stopped"
     return (
-        f"batch {report.batch.name}: {report.added} new records of {path} stored "
+        f"batch {name}: {report.added} new records of {path} stored "
         f"(to line {report.intake.last_line}) before it stopped; "
         "re-run the same command to resume"
     )

@@ -158,6 +158,8 @@ def test_the_304_line_file_keeps_300_records_3_bad_lines_and_1_blank_one(env: En
     assert "input lines not run: 4" in text
     assert "invalid_json_line        1  lines 18: invalid JSON" in text
     assert "blank_line        1  lines 201: blank line" in text
+    gone = env.cli("delete", "judge304")
+    assert gone.stdout == "batch judge304: deleted with its 300 records and 4 bad input lines\n"
 
 
 def test_strict_names_the_first_bad_line_in_file_order_and_stores_nothing(env: Env) -> None:
