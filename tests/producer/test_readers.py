@@ -312,3 +312,38 @@ def test_every_sample_row_renders_under_the_judge_spec() -> None:
         assert isinstance(item, Row)
         [messages] = plan_requests(spec, item.data)
         assert item.data["answer"] in messages[-1]["content"]
+
+
+# --- hostile lines ------------------------------------------------------------------------
+
+
+def test_a_huge_line_is_read_in_chunks_and_kept_cut(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as f:
+        f.write(b'{"id": 1}\n{"text": "')
+        for _ in range(16):
+            f.write(b"y" * (1024 * 1024))  # one line of 16 MiB
+        f.write(b'"}\n{"id": 3}\n')
+    tracemalloc.start()
+    try:
+        items = list(read_records(path, max_record_bytes=1024 * 1024))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows(items) == [(1, {"id": 1}), (3, {"id": 3})]
+    [big] = [b for b in items if isinstance(b, BadRow)]
+    assert (
+        big.code == "line_too_large" and f"record is {16 * 1024 * 1024 + 12} bytes" in big.message
+    )
+    assert big.raw is not None and len(big.raw) <= 4096
+    assert peak < 6 * 1024 * 1024  # never the whole line in memory
+
+
+def test_an_openai_batch_file_is_sniffed_past_bad_first_lines(tmp_path: Path) -> None:
+    from producer.readers import sniff_format
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "p"}}
+    path = write_bytes(tmp_path, "b.jsonl", b"{broken\n\xff\xfe\n\n" + json.dumps(line).encode())
+    assert sniff_format(path) == "openai"
