@@ -3,12 +3,14 @@
 Each line is judged alone, so one bad line costs only itself: a blank line is skipped,
 and a line that is too long, not UTF-8, not JSON, not an object, nested deeper than
 :data:`MAX_DEPTH` or holding a lone surrogate escape (``"\\ud800"``, which no UTF-8 text
-can carry) is a :class:`BadRow` naming the column where it breaks.
+can carry) or a number too large for a float is a :class:`BadRow` naming the column where
+it breaks.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +31,8 @@ _JSON_KINDS = {
     bool: "a boolean",
     type(None): "null",
 }
+# An exponent of three digits or more, or 309 digits in a row: maybe beyond a float.
+_HUGE_NUMBER = re.compile(r"[eE][+]?\d{3,}|\d{309,}")
 # A \uD800-\uDFFF escape: half of a surrogate pair, or a lone one (checked further).
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
@@ -63,8 +67,11 @@ def parse_text(n: int, text: str) -> Row | BadRow:
 
     ``NaN`` and ``Infinity`` are refused: they are not JSON and would not survive storage.
     """
+    # A number too big for a float (1e400) would be stored as Infinity, which is no JSON
+    # (PostgreSQL refuses it): check floats only on lines that may hold one.
+    parse_float = _finite_float if _HUGE_NUMBER.search(text) else None
     try:
-        data = json.loads(text, parse_constant=_refuse_constant)
+        data = json.loads(text, parse_constant=_refuse_constant, parse_float=parse_float)
     except json.JSONDecodeError as e:
         where = "at the end of the line" if e.pos >= len(text) else f"at column {e.pos + 1}"
         return BadRow(n, codes.INVALID_JSON, f"invalid JSON ({e.msg} {where})", raw=text)
@@ -125,3 +132,10 @@ def unicode_problem(data: Any) -> str | None:
 
 def _refuse_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not allowed")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number {text[:40]} is too large")
+    return value

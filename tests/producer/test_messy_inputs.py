@@ -176,7 +176,8 @@ def test_strict_names_the_first_bad_line_in_file_order_and_stores_nothing(env: E
 # --- every reader, every kind of bad line ----------------------------------------------------
 
 
-def test_every_kind_of_bad_jsonl_line_is_numbered_and_the_rest_is_stored(env: Env) -> None:
+def test_every_kind_of_bad_jsonl_line_is_numbered_and_the_rest_is_stored(any_env: Env) -> None:
+    env = any_env  # on SQLite and PostgreSQL: some values only PostgreSQL refuses
     lines = [
         judge_line(1),  # 1
         b"{broken",  # 2
@@ -195,6 +196,9 @@ def test_every_kind_of_bad_jsonl_line_is_numbered_and_the_rest_is_stored(env: En
         b'{"id": "r15", "x": "\\ud83d\\ude00"}',  # 15: a real pair: fine
         b"   \t",  # 16
         judge_line(17),  # 17
+        b'{"id": "r18", "x": 1e400}',  # 18: no float holds it (stored, it would be Infinity)
+        b'{"id": "r19", "x": 1e300, "y": 2.5e-300}',  # 19: fine
+        b'{"id": "r20", "x": "a\\u0000b"}',  # 20: a NUL in a value is fine in JSON
     ]
     src = env.tmp / "messy.jsonl"
     src.write_bytes(b"\n".join(lines) + b"\n")
@@ -214,17 +218,29 @@ def test_every_kind_of_bad_jsonl_line_is_numbered_and_the_rest_is_stored(env: En
         (13, "invalid_key"),
         (14, "duplicate_key"),
         (16, "blank_line"),
+        (18, "invalid_json_line"),
     ]
-    assert env.keys("messy") == [(1, "r1"), (9, "r9"), (15, "r15"), (17, "r17")]
+    assert env.keys("messy") == [
+        (1, "r1"),
+        (9, "r9"),
+        (15, "r15"),
+        (17, "r17"),
+        (19, "r19"),
+        (20, "r20"),
+    ]
+    info = env.ledger.batch("messy")
+    inputs = {r.key: r.input for r in iter_records(env.ledger.engine, info.id)}
+    assert inputs["r20"]["x"] == "a\x00b" and inputs["r15"]["x"] == "\U0001f600"
     report = json.loads(res.stdout)
-    assert (report["lines"], report["bad_lines"], report["duplicates"]) == (17, 10, 1)
+    assert (report["lines"], report["bad_lines"], report["duplicates"]) == (20, 11, 1)
     assert report["blank_lines"] == 2
     messages = {p["line"]: p["message"] for p in report["problems"]}
     assert messages[12] == "key field 'id' is 400 characters, over the ledger's 300"
     assert messages[14] == "duplicate key 'r1' (first at line 1)"  # said once, no "skipped"
+    assert messages[18] == "invalid JSON (number 1e400 is too large)"
     too_big = env.enqueue(src, "--max-record-bytes", "1000", "--batch", "small", "--json")
-    # r1, r15, r17 and the duplicate r1 of line 14 are read; line 9 is too long now
-    assert (9, "line_too_large") in env.bad("small") and json.loads(too_big.stdout)["read"] == 4
+    # r1, r15, r17, r19, r20 and the duplicate r1 of line 14 are read; line 9 is too long
+    assert (9, "line_too_large") in env.bad("small") and json.loads(too_big.stdout)["read"] == 6
 
 
 @pytest.mark.parametrize("suffix", ["csv", "tsv"])
