@@ -186,3 +186,23 @@ def test_results_carry_provenance_and_votes_aggregate(pipeline: Pipeline, tmp_pa
         assert (p["model"], p["max_model_len"], p["host"]) == (MODEL, 8192, "127.0.0.1")
         assert p["gpus"] == [] and r.latency_ms > 0 and r.completion_tokens > 0
     assert spread > 0  # different seeds gave different scores somewhere
+
+
+def test_a_template_that_never_ends_fails_its_record_and_frees_the_worker(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    spec = tmp_path / "endless.toml"
+    spec.write_text(
+        'template = """{% if id == \'e3\' %}{% for i in range(100000) %}'
+        "{% for j in range(100000) %}{% endfor %}{% endfor %}{% endif %}"
+        'Answer in a word: {{ question }}"""\n',
+        encoding="utf-8",
+    )
+    src = write_jsonl(tmp_path / "endless.jsonl", judge_rows(8, prefix="e"))
+    pipeline.enqueue(src, "endless", "--spec", str(spec))
+    # The endless record fails within its render bound; the rest run beside it.
+    counts = pipeline.wait_done("endless", 8, timeout=120)
+    assert (counts["succeeded"], counts["failed"]) == (7, 1)
+    [failed] = [r for r in pipeline.records("endless") if r.status == "failed"]
+    assert (failed.key, failed.error_kind) == ("e3", "template")
+    assert failed.error is not None and "rendering ran over" in failed.error
