@@ -298,7 +298,7 @@ def _store(
                 source=options["source"],
             )
     except BaseException as e:
-        _after_failure(c, report, new, path, e)
+        _after_failure(c, report, new, Path(options["source"]), e)
         raise
     if report.read == 0 and new:
         c.ledger.delete_batch(info.id, force=True)
