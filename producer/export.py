@@ -2,15 +2,19 @@
 
 OpenAI batch output (``--format openai``, for batches enqueued from OpenAI batch files):
 one line per finished record, ``{"id", "custom_id", "response": {"status_code",
-"request_id", "body"}, "error"}``; failed and cancelled records carry ``error: {"code",
-"message"}`` and ``response: null`` and go to a separate errors file when one is given.
-Records not finished yet are left out.
+"request_id", "body"}, "error"}``, ``request_id`` always a string (the response's id when
+the server sent no ``x-request-id``); failed and cancelled records carry ``error: {"code",
+"message"}`` and ``response: null``, and so does every input line that did not become a
+record (``error.line`` says which, ``custom_id`` is null when the line had none). Errors go
+to a separate errors file when one is given. Lines come in input order; records not
+finished yet are left out.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import heapq
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,8 +22,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from workers.errors import ConfigError
+from workers.store.bad_lines import iter_bad_lines
 from workers.store.ledger import BatchInfo, Ledger, iter_records
-from workers.store.models import FINAL_STATUSES, Record, Status
+from workers.store.models import FINAL_STATUSES, BadLine, Record, Status
 
 FORMATS = ("jsonl", "csv", "openai")
 _META = (
@@ -30,6 +35,7 @@ _META = (
     "worker",
     "error_kind",
     "error",
+    "finish_reason",
     "prompt_tokens",
     "completion_tokens",
     "latency_ms",
@@ -96,11 +102,27 @@ def openai_line(r: Record) -> dict[str, Any]:
     """The record as an OpenAI batch output line (an error line unless it succeeded)."""
     line: dict[str, Any] = {"id": f"batch_req_{r.id}", "custom_id": r.key}
     if r.status == Status.SUCCEEDED and r.output is not None:
-        response = {k: r.output.get(k) for k in ("status_code", "request_id", "body")}
+        body = r.output.get("body")
+        request_id = r.output.get("request_id") or (body or {}).get("id") or line["id"]
+        response = {
+            "status_code": r.output.get("status_code"),
+            "request_id": str(request_id),
+            "body": body,
+        }
         return {**line, "response": response, "error": None}
     code = "batch_cancelled" if r.status == Status.CANCELLED else r.error_kind or "failed"
     message = r.error or ("the batch was cancelled" if r.status == Status.CANCELLED else "")
     return {**line, "response": None, "error": {"code": code, "message": message}}
+
+
+def bad_line_output(b: BadLine) -> dict[str, Any]:
+    """An input line that is not a record, as an OpenAI batch error line."""
+    return {
+        "id": f"batch_req_line_{b.line}",
+        "custom_id": b.custom_id,
+        "response": None,
+        "error": {"code": b.code, "message": b.message, "line": b.line},
+    }
 
 
 @dataclass
@@ -108,13 +130,24 @@ class OpenAIExport:
     succeeded: int = 0
     errors: int = 0
     pending: int = 0
+    bad_lines: int = 0
+    """Input lines that are not records (counted in ``errors`` too)."""
+
+
+def _in_input_order(ledger: Ledger, batch: BatchInfo) -> Iterator[Record | BadLine]:
+    Item = tuple[int, int, Record | BadLine]
+    records: Iterator[Item] = ((r.seq, 1, r) for r in iter_records(ledger.engine, batch.id))
+    bad: Iterator[Item] = ((b.line, 0, b) for b in iter_bad_lines(ledger.engine, batch.id))
+    for _, _, item in heapq.merge(records, bad, key=lambda t: (t[0], t[1])):
+        yield item
 
 
 def export_openai(
     ledger: Ledger, batch: BatchInfo, path: Path, errors_path: Path | None = None
 ) -> OpenAIExport:
-    """Write the batch as OpenAI batch output to ``path`` (errors to ``errors_path`` if
-    given, else inline). Raises :class:`ConfigError` for a batch not from a batch file."""
+    """Write the batch as OpenAI batch output to ``path`` (errors, bad input lines
+    included, to ``errors_path`` if given, else inline), in input order.
+    Raises :class:`ConfigError` for a batch not from a batch file."""
     if batch.spec.get("mode") != "openai":
         raise ConfigError(
             f"batch {batch.name!r} did not come from an OpenAI batch file; "
@@ -123,11 +156,15 @@ def export_openai(
     counts = OpenAIExport()
     with _atomic(path) as out, _atomic(errors_path) as err:
         assert out is not None
-        for r in iter_records(ledger.engine, batch.id):
-            if r.status not in FINAL_STATUSES:
+        for item in _in_input_order(ledger, batch):
+            if isinstance(item, BadLine):
+                line = bad_line_output(item)
+                counts.bad_lines += 1
+            elif item.status not in FINAL_STATUSES:
                 counts.pending += 1
                 continue
-            line = openai_line(r)
+            else:
+                line = openai_line(item)
             ok = line["error"] is None
             counts.succeeded += ok
             counts.errors += not ok

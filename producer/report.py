@@ -3,8 +3,10 @@
 :func:`build_report` streams the batch's records once and keeps only tallies (and the
 latencies, 8 bytes a record): score histogram (judge), label counts (classify), winner
 counts and position-swap consistency (pairwise), failures by ``error_kind`` with an example,
-latency percentiles and tokens. :func:`write_html` renders a self-contained page: the charts
-are matplotlib PNGs embedded as ``data:`` URIs, so the file opens anywhere, offline.
+latency percentiles, tokens and finish reasons (``length``: cut by ``max_tokens``), and the
+input lines that did not become records, by reason. :func:`write_html` renders a
+self-contained page: the charts are matplotlib PNGs embedded as ``data:`` URIs, so the
+file opens anywhere, offline.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from producer.readers.codes import DESCRIPTIONS
+from workers.store import bad_lines
 from workers.store.ledger import BatchInfo, Ledger, iter_records
 from workers.store.models import Record, Status
 
@@ -27,6 +31,17 @@ if TYPE_CHECKING:
 
 MAX_EXAMPLE_CHARS = 300
 PERCENTILES = (50, 90, 99)
+BAD_LINE_EXAMPLES = 3
+"""Line numbers shown per reason of bad input lines."""
+
+
+@dataclass
+class BadLines:
+    """The batch's input lines that are not records, for one reason."""
+
+    count: int = 0
+    lines: list[int] = field(default_factory=list)
+    example: str = ""
 
 
 @dataclass
@@ -40,7 +55,7 @@ class Failure:
 class BatchReport:
     batch: BatchInfo
     counts: Counter[str] = field(default_factory=Counter)
-    scores: Counter[float] = field(default_factory=Counter)
+    scores: Counter[int | float] = field(default_factory=Counter)
     labels: Counter[str] = field(default_factory=Counter)
     winners: Counter[str] = field(default_factory=Counter)
     consistent: int = 0
@@ -50,9 +65,13 @@ class BatchReport:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     reused: int = 0
+    finish_reasons: Counter[str] = field(default_factory=Counter)
+    bad_lines: dict[str, BadLines] = field(default_factory=dict)
 
     def add(self, r: Record) -> None:
         self.counts[r.status] += 1
+        if r.finish_reason is not None:
+            self.finish_reasons[r.finish_reason] += 1
         if r.status == Status.SUCCEEDED:
             self._add_answer(r.output or {})
             if r.reused_from is not None:
@@ -70,7 +89,7 @@ class BatchReport:
     def _add_answer(self, out: dict[str, Any]) -> None:
         score = out.get("score")
         if isinstance(score, int | float) and not isinstance(score, bool):
-            self.scores[round(float(score), 1)] += 1
+            self.scores[_score_key(score)] += 1
         if isinstance(out.get("label"), str):
             self.labels[out["label"]] += 1
         if isinstance(out.get("winner"), str):
@@ -82,6 +101,11 @@ class BatchReport:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def truncated(self) -> int:
+        """Answers cut by ``max_tokens`` (finish_reason ``length``)."""
+        return self.finish_reasons.get("length", 0)
 
     @property
     def consistency_rate(self) -> float | None:
@@ -119,7 +143,24 @@ class BatchReport:
             },
             "latency_ms": self.latency_percentiles(),
             "tokens": {"prompt": self.prompt_tokens, "completion": self.completion_tokens},
+            "finish_reasons": dict(self.finish_reasons.most_common()),
+            "truncated": self.truncated,
+            "bad_lines": {
+                code: {
+                    "count": b.count,
+                    "lines": b.lines,
+                    "example": b.example,
+                    "meaning": DESCRIPTIONS.get(code, ""),
+                }
+                for code, b in self.bad_lines.items()
+            },
         }
+
+
+def _score_key(score: int | float) -> int | float:
+    """The histogram bucket of a score: to 0.1, and a whole number stays one (5, not 5.0)."""
+    value = round(float(score), 1)
+    return int(value) if value.is_integer() else value
 
 
 def build_report(ledger: Ledger, batch: BatchInfo) -> BatchReport:
@@ -127,6 +168,12 @@ def build_report(ledger: Ledger, batch: BatchInfo) -> BatchReport:
     report = BatchReport(batch)
     for r in iter_records(ledger.engine, batch.id):
         report.add(r)
+    examples = bad_lines.examples(ledger.engine, batch.id, per_code=BAD_LINE_EXAMPLES)
+    for code, n in bad_lines.counts(ledger.engine, batch.id).items():
+        seen = examples.get(code, [])
+        report.bad_lines[code] = BadLines(
+            n, [b.line for b in seen], seen[0].message[:MAX_EXAMPLE_CHARS] if seen else ""
+        )
     return report
 
 
@@ -167,7 +214,23 @@ def render_text(r: BatchReport) -> str:
     if lat["p50"] is not None:
         lines.append(f"latency: p50 {lat['p50']} ms, p90 {lat['p90']} ms, p99 {lat['p99']} ms")
     lines.append(f"tokens: prompt {r.prompt_tokens}, completion {r.completion_tokens}")
+    if r.finish_reasons:
+        reasons = ", ".join(f"{k} {v}" for k, v in r.finish_reasons.most_common())
+        cut = f" ({r.truncated} cut by max_tokens)" if r.truncated else ""
+        lines.append(f"finish reasons: {reasons}{cut}")
+    lines += _bad_lines_text(r)
     return "\n".join(lines)
+
+
+def _bad_lines_text(r: BatchReport) -> list[str]:
+    if not r.bad_lines:
+        return []
+    n = sum(b.count for b in r.bad_lines.values())
+    lines = [f"input lines not run: {n}"]
+    for code, b in r.bad_lines.items():
+        at = ", ".join(str(x) for x in b.lines) + (", ..." if b.count > len(b.lines) else "")
+        lines.append(f"  {code:>20} {b.count:>8}  lines {at}: {b.example}")
+    return lines
 
 
 # --- HTML ---------------------------------------------------------------------------------

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import time
 
-from rich.console import Console, Group
+from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
 from rich.table import Table
+from rich.text import Text
 
 from producer.progress import BatchProgress, batch_progress
 from workers.store.ledger import BatchInfo, Ledger
@@ -22,8 +23,30 @@ def _eta(p: BatchProgress) -> str:
     return time.strftime("%H:%M:%S", time.gmtime(eta))
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def notes(p: BatchProgress) -> list[str]:
+    """What the table has no room for: input lines that are not records, cut answers."""
+    out = []
+    if p.bad_lines:
+        out.append(
+            f"{p.batch.name}: {_plural(p.bad_count, 'bad input line')}, "
+            f"{_plural(p.skipped_count, 'blank line')} skipped "
+            f"(vfleet report {p.batch.name} says why)"
+        )
+    if p.truncated:
+        out.append(
+            f"{p.batch.name}: {_plural(p.truncated, 'answer')} cut by max_tokens "
+            "(finish_reason length)"
+        )
+    return out
+
+
 def render(progress: list[BatchProgress]) -> Group:
-    """Progress bars per batch and records per instance, as rich renderables."""
+    """Progress bars per batch, records per instance and :func:`notes`, as rich
+    renderables."""
     batches = Table(
         "batch",
         "progress",
@@ -61,7 +84,11 @@ def render(progress: list[BatchProgress]) -> Group:
                 str(per.get("failed", 0)),
                 str(per.get("running", 0)),
             )
-    return Group(batches, instances) if instances.row_count else Group(batches)
+    parts: list[RenderableType] = [batches]
+    if instances.row_count:
+        parts.append(instances)
+    parts += [Text(line) for p in progress for line in notes(p)]
+    return Group(*parts)
 
 
 def follow(

@@ -6,7 +6,8 @@ Every error vfleet raises on purpose descends from :class:`VfleetError`::
     ├── ConfigError              settings, fleet file or input are wrong (user error)
     │   ├── SpecError            workers.spec: unknown spec, bad spec file, missing labels
     │   │   └── TemplateRenderError  a record lacks a template field (-> TemplateError)
-    │   └── ReaderError          producer.readers: unreadable input file
+    │   ├── ReaderError          producer.readers: unreadable input file
+    │   └── LimitError           workers.store.limits: a name or key the ledger cannot hold
     ├── StoreError               the SQL ledger refused an operation
     │   └── BatchNotFoundError
     └── RecordError              something went wrong with one record

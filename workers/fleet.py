@@ -16,6 +16,9 @@ A TOML file (``fleet.toml`` by default)::
     gpus = [0, 1]                # optional: GPU indices it uses
     api_key_env = "OPENROUTER_API_KEY"  # optional: env var holding its API key
     rpm = 600                    # optional: requests-per-minute limit
+
+    [aliases]                    # optional: model names batch files ask for -> served model
+    "gpt-4o-mini" = "Qwen/Qwen2.5-7B-Instruct"
 """
 
 from __future__ import annotations
@@ -90,9 +93,19 @@ class Fleet(BaseModel):
 
     hosts: dict[str, HostConfig] = {}
     instances: tuple[InstanceConfig, ...] = ()
+    # A request for model ``key`` (an OpenAI batch line's body.model, or --model) runs on
+    # the instances serving ``value``.
+    aliases: dict[str, str] = {}
 
     @model_validator(mode="after")
     def _check(self) -> Fleet:
+        served = {i.model for i in self.instances}
+        for asked, target in self.aliases.items():
+            if served and target not in served:
+                raise ValueError(
+                    f"alias {asked!r} maps to {target!r}, which no instance serves "
+                    f"(served: {', '.join(sorted(served))})"
+                )
         seen: set[str] = set()
         for inst in self.instances:
             if inst.name in seen:
@@ -115,6 +128,10 @@ class Fleet(BaseModel):
     def models(self) -> list[str]:
         """Served model names, in fleet-file order, without repeats."""
         return list(dict.fromkeys(i.model for i in self.instances))
+
+    def alias(self, model: str) -> str:
+        """The served model a request for ``model`` runs on: its alias target, or itself."""
+        return self.aliases.get(model, model)
 
     @classmethod
     def of(cls, instances: Iterable[InstanceConfig]) -> Fleet:

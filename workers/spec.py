@@ -22,7 +22,8 @@ A spec is a TOML file with these fields (all but ``template`` optional)::
 ``json_schema`` may also be an inline JSON string (``json_schema = '{"type": "object", ...}'``),
 which is handier for schemas with ``null`` in them, as TOML has no null.
 
-Templates are rendered in an immutable Jinja2 sandbox with ``StrictUndefined``: each field
+Templates are rendered in an immutable Jinja2 sandbox with ``StrictUndefined``, bounded in
+time and output size (:mod:`workers.templates`): each field
 of the record is a top-level variable, ``record`` is the whole record (for field names that
 are not identifiers: ``record["my field"]``) and ``labels`` is the spec's label list.
 ``record`` and ``labels`` win over record fields of the same name.
@@ -65,8 +66,8 @@ from typing import Any, Literal
 import jinja2
 import jsonschema
 import pydantic
-from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from workers import templates
 from workers.errors import ConfigError
 
 LABEL_FIELD = "label"
@@ -105,8 +106,6 @@ _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL
 _THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 
-# Immutable: a template must not be able to change the record (``{{ tags.append(1) }}``).
-_ENV = ImmutableSandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 # Errors that rendering a user's template over a user's record may raise: all of them mean
 # this record can never render, so they become a permanent TemplateRenderError.
 _RENDER_ERRORS = (
@@ -164,7 +163,7 @@ class Spec(pydantic.BaseModel):
     def _template_compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                _compile(value)
+                templates.compile_template(value)
             except jinja2.TemplateSyntaxError as e:
                 raise ValueError(f"template syntax error at line {e.lineno}: {e.message}") from e
         return value
@@ -470,11 +469,6 @@ def _one_line(error: pydantic.ValidationError) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _compile(source: str) -> jinja2.Template:
-    return _ENV.from_string(source)
-
-
-@functools.lru_cache(maxsize=64)
 def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(schema_json))
 
@@ -485,7 +479,7 @@ def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
 
 def _render(source: str, context: Mapping[str, Any]) -> str:
     try:
-        return _compile(source).render(context)
+        return templates.render(source, context)
     except _RENDER_ERRORS as e:
         message = getattr(e, "message", None) or str(e) or type(e).__name__
         raise TemplateRenderError(" ".join(f"template: {message}".split())) from e

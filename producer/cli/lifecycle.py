@@ -29,12 +29,16 @@ def delete(
         bool, typer.Option("--force", help="Delete even while records are running.")
     ] = False,
 ) -> None:
-    """Delete a batch and every record of it. Refuses while records are running, unless
-    --force (cancel first and let them finish)."""
+    """Delete a batch, every record of it and its bad input lines. Refuses while records
+    are running, unless --force (cancel first and let them finish)."""
+    from workers.store import bad_lines
+
     c: Context = ctx.obj
     info = c.ledger.batch(batch)
+    lines = sum(bad_lines.counts(c.ledger.engine, info.id).values())
     n = c.ledger.delete_batch(info.id, force=force)
-    typer.echo(f"batch {batch}: deleted with its {n} records")
+    extra = f" and {lines} bad input lines" if lines else ""
+    typer.echo(f"batch {batch}: deleted with its {n} records{extra}")
 
 
 def register(app: typer.Typer) -> None:

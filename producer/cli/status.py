@@ -17,10 +17,12 @@ def status(
     batch: Annotated[str | None, typer.Argument(help="Batch name (default: every batch).")] = None,
     follow_: Annotated[bool, typer.Option("--follow", "-f", help="Live view until done.")] = False,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON (OpenAI-batch-like).")
+        bool, typer.Option("--json", help="Print JSON: an OpenAI batch object per batch.")
     ] = False,
 ) -> None:
-    """Show progress: succeeded / failed / running / queued, rate, ETA, per instance."""
+    """Show progress: succeeded / failed / running / queued, rate, ETA, bad input lines,
+    answers cut by max_tokens, per instance. --json prints an OpenAI batch object
+    (errors: the bad input lines)."""
     from producer.progress import batch_progress
     from producer.views import follow, render
 
@@ -30,7 +32,7 @@ def status(
     if follow_ and not as_json:
         follow(ledger, infos, console=Console())
         return
-    progress = [batch_progress(ledger, b) for b in infos]
+    progress = [batch_progress(ledger, b, details=as_json) for b in infos]
     if as_json:
         data = [p.as_dict() for p in progress]
         typer.echo(json.dumps(data[0] if batch else data, indent=2))
@@ -59,6 +61,7 @@ def batches(
                 "done": p.done,
                 "succeeded": p.counts["succeeded"],
                 "failed": p.counts["failed"],
+                "bad_lines": p.bad_count,
                 "status": p.status_word(),
                 "created_at": b.created_at.isoformat(),
             }
@@ -66,7 +69,9 @@ def batches(
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
-    table = Table("name", "spec", "model", "route", "done/total", "failed", "status", "created")
+    table = Table(
+        "name", "spec", "model", "route", "done/total", "failed", "bad", "status", "created"
+    )
     for r in rows:
         table.add_row(
             r["name"],
@@ -75,6 +80,7 @@ def batches(
             r["route"],
             f"{r['done']}/{r['total']}",
             str(r["failed"]),
+            str(r["bad_lines"]),
             r["status"],
             r["created_at"][:19],
         )

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -11,29 +15,17 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from producer.context import Context
-from producer.readers import ReaderError
-from producer.readers.base import DEFAULT_MAX_RECORD_BYTES
-from workers.errors import ConfigError
-from workers.fleet import Fleet
+from producer.readers.base import DEFAULT_MAX_RECORD_BYTES, STDIN
+from workers.errors import ConfigError, StoreError
 from workers.routes import Route
 from workers.spec import Spec
+from workers.store.limits import BATCH_NAME_CHARS, check_text
 
 if TYPE_CHECKING:
     from producer.enqueue import EnqueueReport
+    from producer.model_map import ModelMap
 
 MAX_BAD_LINES_SHOWN = 20
-
-
-def resolve_model(fleet: Fleet, model: str | None) -> str:
-    """``--model``, or the one model the fleet serves. Raises :class:`ConfigError`."""
-    if model:
-        return model
-    models = fleet.models()
-    if len(models) == 1:
-        return models[0]
-    if not models:
-        raise ConfigError("no --model given and the fleet file names no instance")
-    raise ConfigError(f"the fleet serves several models ({', '.join(models)}): pass --model")
 
 
 def _progress() -> Progress:
@@ -47,37 +39,59 @@ def _progress() -> Progress:
     )
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _report_dict(report: EnqueueReport) -> dict[str, Any]:
+    models = report.models.describe() if report.models is not None else []
+    return {
+        "batch": report.batch.name,
+        "model": report.batch.model,
+        "lines": report.lines,
+        "read": report.read,
+        "added": report.added,
+        "reused": report.reused,
+        "already_stored": report.already_stored,
+        "published": report.published,
+        "published_now": report.published_now,
+        "waiting": report.waiting,
+        "bad_lines": report.bad_count,
+        "bad": [b.error for b in report.bad],
+        "duplicates": report.duplicate_count,
+        "duplicate_lines": report.duplicates,
+        "blank_lines": report.blank_count,
+        "problems": [
+            {"line": b.line, "code": b.code, "message": b.message} for b in report.problems.rows()
+        ],
+        "models": models,
+    }
+
+
 def _print_report(report: EnqueueReport, as_json: bool) -> None:
-    existing = report.read - report.added - report.duplicate_count
     if as_json:
-        typer.echo(
-            json.dumps(
-                {
-                    "batch": report.batch.name,
-                    "read": report.read,
-                    "added": report.added,
-                    "reused": report.reused,
-                    "already_stored": existing,
-                    "published": report.published,
-                    "bad_lines": report.bad_count,
-                    "bad": [b.error for b in report.bad],
-                    "duplicates": report.duplicate_count,
-                    "duplicate_lines": report.duplicates,
-                }
-            )
-        )
+        typer.echo(json.dumps(_report_dict(report)))
         return
     typer.echo(
-        f"batch {report.batch.name}: read {report.read}, added {report.added} "
-        f"({existing} already stored), reused {report.reused}, published {report.published}, "
-        f"bad lines {report.bad_count}, duplicate keys {report.duplicate_count}"
+        f"batch {report.batch.name}: {_plural(report.lines, 'line')}: "
+        f"{_plural(report.read, 'record')} ({report.added} added, "
+        f"{report.already_stored} already stored, {report.reused} reused), "
+        f"{_plural(report.bad_count, 'bad line')}, "
+        f"{_plural(report.duplicate_count, 'duplicate key')}, "
+        f"{_plural(report.blank_count, 'blank line')} skipped; "
+        f"{report.published} published, {report.waiting} waiting in the ledger"
     )
-    for bad in report.bad[:MAX_BAD_LINES_SHOWN]:
-        typer.echo(f"  skipped {bad.error}", err=True)
-    for message in report.duplicates[:MAX_BAD_LINES_SHOWN]:
-        typer.echo(f"  skipped {message}", err=True)
-    if report.bad_count > MAX_BAD_LINES_SHOWN:
-        typer.echo(f"  ... and {report.bad_count - MAX_BAD_LINES_SHOWN} more bad lines", err=True)
+    if report.models is not None and report.models.remapped():
+        typer.echo(f"models: {'; '.join(report.models.describe())}")
+    problems = report.problems.rows()
+    for bad in problems[:MAX_BAD_LINES_SHOWN]:
+        typer.echo(f"  {bad.error}", err=True)
+    more = report.bad_count + report.duplicate_count + report.blank_count - MAX_BAD_LINES_SHOWN
+    if more > 0:
+        typer.echo(
+            f"  ... and {more} more (vfleet report {report.batch.name} lists them by reason)",
+            err=True,
+        )
 
 
 def enqueue(
@@ -95,7 +109,13 @@ def enqueue(
     batch: Annotated[
         str | None, typer.Option(help="Batch name (default: the file's stem).")
     ] = None,
-    model: Annotated[str | None, typer.Option(help="Served model (default: the fleet's).")] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help="Served model to run on (default: the fleet's; for OpenAI batch files, "
+            "each line's body.model, through the fleet file's [aliases])."
+        ),
+    ] = None,
     route: Annotated[
         Route, typer.Option(help="shared (pull), round-robin or pinned.")
     ] = Route.SHARED,
@@ -111,7 +131,7 @@ def enqueue(
     strict: Annotated[
         bool,
         typer.Option(
-            help="Check every line (JSON, keys, duplicates, template fields) first; "
+            help="Check every line (JSON, keys, duplicates, models, template fields) first; "
             "store nothing if any is bad."
         ),
     ] = False,
@@ -128,49 +148,97 @@ def enqueue(
 ) -> None:
     """Store FILE's records as a batch, then publish them to the fleet's queues.
 
-    Running the same command again adds nothing and publishes only what a previous run
-    stored but did not publish. Records whose work already succeeded (same input, spec,
-    model and parameters, in any batch) reuse that result unless --no-reuse.
+    Lines that cannot be records (malformed, not UTF-8, too long, duplicate keys, blank)
+    are stored with the batch by line number and reason: vfleet status counts them,
+    vfleet report lists them. Running the same command again adds nothing and publishes
+    only what a previous run stored but did not publish. Records whose work already
+    succeeded (same input, spec, model and parameters, in any batch) reuse that result
+    unless --no-reuse.
     """
-    from producer.enqueue import EnqueueError, check_file, key_field_for, publish
+    from producer.enqueue import EnqueueError, key_field_for, publish, source_name, waiting
     from producer.readers import sniff_format
     from workers.dispatch import route_targets
 
     c: Context = ctx.obj
     c.fleet_required = route is not Route.SHARED or model is None
-    if not file.exists() and str(file) != "-":
+    if not file.exists() and str(file) != STDIN:
         raise ConfigError(f"{file}: no such file")
+    batch_name = check_text("batch name", batch or file.stem, BATCH_NAME_CHARS)
+    source = source_name(file)
     kind = sniff_format(file, fmt)
     the_spec = _load_spec(spec, kind, labels, votes)
-    the_model = resolve_model(c.fleet, model)
-    targets = route_targets(route, the_model, c.fleet, instance or [])
     key_field = key_field_for(kind, key)
-    if strict and (
-        bad := check_file(file, kind, key_field, spec=the_spec, max_record_bytes=max_record_bytes)
-    ):
-        lines = ", ".join(str(b.line) for b in bad[:20]) + (" ..." if len(bad) > 20 else "")
-        raise EnqueueError(
-            f"--strict: {len(bad)} bad lines ({lines}), nothing stored; first: {bad[0].error}"
+    with _readable(file, spool=strict or kind == "openai") as path:
+        models = _plan_models(c, path, kind, model, max_record_bytes)
+        targets = route_targets(route, models.model, c.fleet, instance or [])
+        if strict:
+            _check_strictly(path, kind, key_field, the_spec, models, max_record_bytes)
+        report = _store(
+            c,
+            path,
+            batch_name,
+            the_spec,
+            models,
+            route,
+            targets,
+            kind=kind,
+            key_field=key_field,
+            max_record_bytes=max_record_bytes,
+            reuse=reuse,
+            source=source,
         )
-    batch_name = batch or file.stem
-    report = _store(
-        c,
-        file,
-        batch_name,
-        the_spec,
-        the_model,
-        route,
-        targets,
-        kind=kind,
-        key_field=key_field,
-        max_record_bytes=max_record_bytes,
-        reuse=reuse,
-    )
     if report.read == 0:
         raise EnqueueError(_nothing_to_do(file, report))
     stored = f"batch {batch_name}: {report.read} records stored ({report.added} new)"
-    report.published = publish(c.settings, c.fleet, c.ledger, c.celery, stored)
+    report.published_now = publish(c.settings, c.fleet, c.ledger, c.celery, stored)
+    report.waiting = waiting(c.ledger, report.batch)
+    report.published = sum(c.ledger.counts(report.batch.id).values()) - report.waiting
     _print_report(report, as_json)
+
+
+@contextlib.contextmanager
+def _readable(file: Path, *, spool: bool) -> Iterator[Path]:
+    """``file``; standard input copied to a temporary file first when it must be read
+    more than once (``--strict``, OpenAI batch files)."""
+    if str(file) != STDIN or not spool:
+        yield file
+        return
+    with tempfile.TemporaryDirectory(prefix="vfleet-stdin-") as tmp:
+        path = Path(tmp) / "stdin"
+        with path.open("wb") as fh:
+            shutil.copyfileobj(sys.stdin.buffer, fh)
+        yield path
+
+
+def _plan_models(
+    c: Context, path: Path, kind: str, model: str | None, max_record_bytes: int
+) -> ModelMap:
+    from producer import model_map
+    from producer.enqueue import first_request_model
+
+    asked = first_request_model(path, kind, max_record_bytes) if kind == "openai" else None
+    return model_map.plan(c.fleet, model, fmt=kind, first_asked=asked)
+
+
+def _check_strictly(
+    path: Path,
+    kind: str,
+    key_field: str | None,
+    spec: Spec,
+    models: ModelMap,
+    max_record_bytes: int,
+) -> None:
+    from producer.enqueue import EnqueueError, check_file
+
+    bad = check_file(
+        path, kind, key_field, spec=spec, models=models, max_record_bytes=max_record_bytes
+    )
+    if bad:
+        lines = ", ".join(str(b.line) for b in bad[:20]) + (" ..." if len(bad) > 20 else "")
+        raise EnqueueError(
+            f"--strict: {_plural(len(bad), 'bad line')} ({lines}), nothing stored; "
+            f"first: {bad[0].error}"
+        )
 
 
 def _load_spec(spec: str | None, kind: str, labels: str | None, votes: int | None) -> Spec:
@@ -190,56 +258,92 @@ def _load_spec(spec: str | None, kind: str, labels: str | None, votes: int | Non
 
 def _store(
     c: Context,
-    file: Path,
+    path: Path,
     name: str,
     spec: Spec,
-    model: str,
+    models: ModelMap,
     route: Route,
     targets: list[str],
     **options: Any,
 ) -> EnqueueReport:
-    """Create (or find) the batch and store the file; a batch this run created is removed
-    again if the file turns out unreadable or empty, so nothing half-made stays."""
-    from producer.enqueue import store_file
+    """Create (or find) the batch and store the file. A batch this run created is removed
+    again if storing fails or finds no record, so nothing half-made stays; a batch that
+    existed keeps what was stored, and the error says how much."""
+    from producer.enqueue import EnqueueReport, store_file
 
     info, new = c.ledger.create_batch(
         name=name,
         spec_name=spec.name,
         spec=spec.model_dump(mode="json"),
-        model=model,
+        model=models.model,
         route=route.value,
         targets=targets,
-        source=str(file),
+        source=options["source"],
     )
+    report = EnqueueReport(info)
     try:
         with _progress() as bar:
             stored = bar.add_task("stored")
-            report = store_file(
+            store_file(
                 c.ledger,
                 info,
-                file,
+                path,
                 fmt=options["kind"],
                 key_field=options["key_field"],
+                models=models,
                 progress=lambda _kind, n: bar.advance(stored, n),
                 max_record_bytes=options["max_record_bytes"],
                 reuse=options["reuse"],
+                report=report,
+                source=options["source"],
             )
-    except ReaderError:
-        if new:
-            c.ledger.delete_batch(info.id, force=True)
+    except BaseException as e:
+        _after_failure(c, report, new, Path(options["source"]), e)
         raise
     if report.read == 0 and new:
         c.ledger.delete_batch(info.id, force=True)
     return report
 
 
-def _nothing_to_do(file: Path, report: EnqueueReport) -> str:
-    if report.bad_count == 0:
-        return f"{file}: no records (the file is empty)"
-    return (
-        f"{file}: no valid records ({report.bad_count} bad lines, nothing stored); "
-        f"first: {report.bad[0].error}"
+def _after_failure(
+    c: Context, report: EnqueueReport, new: bool, path: Path, error: BaseException
+) -> None:
+    """Undo a batch this run created, or say what stays stored; raises the one-line
+    error to report (returns for an interrupt, which the CLI reports itself)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from producer.enqueue import EnqueueError, stored_so_far
+
+    reason = (
+        f"{type(error).__name__}: {error}" if isinstance(error, SQLAlchemyError) else str(error)
     )
+    reason = (reason.splitlines() or [type(error).__name__])[0]
+    if new:
+        try:
+            c.ledger.delete_batch(report.batch.id, force=True)
+        except SQLAlchemyError as e:
+            raise StoreError(
+                f"batch {report.batch.name}: storing failed ({reason}) and the half-made "
+                f"batch could not be removed ({e.__class__.__name__}); "
+                f"vfleet delete {report.batch.name} --force removes it"
+            ) from error
+        if isinstance(error, SQLAlchemyError):
+            raise StoreError(
+                f"batch {report.batch.name}: storing failed, nothing kept: {reason}"
+            ) from error
+        return
+    if isinstance(error, Exception):
+        raise EnqueueError(f"{stored_so_far(report, path)}: {reason}") from error
+    typer.echo(f"vfleet: {stored_so_far(report, path)}", err=True)
+
+
+def _nothing_to_do(file: Path, report: EnqueueReport) -> str:
+    """Why an enqueue that found no record stored nothing."""
+    if report.bad_count + report.duplicate_count == 0:
+        return f"{file}: no records (the file is empty)"
+    first = next(r for r in report.problems.rows() if not r.skipped)
+    bad = _plural(report.bad_count + report.duplicate_count, "bad line")
+    return f"{file}: no valid records ({bad}, nothing stored); first: {first.error}"
 
 
 def retry(

@@ -1,15 +1,18 @@
 """Readers: stream records from JSONL and CSV/TSV files with constant memory.
 
-:func:`read_records` yields a :class:`Row` for each record and a :class:`BadRow` for each
-line that cannot be one, so the caller can report bad lines and go on. Whole-file problems
-(missing file, unknown format, not UTF-8, CSV without header) raise :class:`ReaderError`.
+:func:`read_records` yields, in file order, a :class:`Row` for each record and a
+:class:`BadRow` for each line that cannot be one (not UTF-8, malformed, oversized, hostile,
+unsupported; blank lines too, as *skipped*), each with its line number and a reason code
+(:mod:`producer.readers.codes`), so the caller can keep them and go on. Only whole-file
+problems (missing file, unknown format, corrupt gzip, CSV without a usable header) raise
+:class:`ReaderError`.
 
 Formats (:func:`detect_format`): ``jsonl`` (``.jsonl``, ``.ndjson``, ``.jsonlines``),
 ``csv`` (``.csv``) and ``tsv`` (``.tsv``, read as CSV with a tab delimiter); any of them may
 be gzipped (``.jsonl.gz``). ``-`` reads standard input (JSONL unless a format is given).
 ``openai`` is JSONL whose lines are OpenAI batch requests (:mod:`producer.readers.openai`);
 :func:`sniff_format` picks it for a JSONL file whose first lines all look like them.
-Files are UTF-8, with or without a byte-order mark.
+Files are UTF-8, with or without a byte-order mark, with ``\n`` or ``\r\n`` line endings.
 """
 
 from __future__ import annotations
@@ -94,9 +97,9 @@ def read_records(
     The file is checked at once; it is read lazily, one line or CSV row at a time, so a
     named pipe (``<(zcat big.jsonl.gz)``) works too.
     Yields :class:`Row` for each record and :class:`BadRow` for each line that is not one
-    (or is longer than ``max_record_bytes``); blank lines are skipped.
+    (or is longer than ``max_record_bytes``), blank lines included (``BadRow.skipped``).
     Raises :class:`ReaderError` at once for an unknown format or a missing or unreadable
-    file, and while iterating for text that is not UTF-8 or a CSV file without a header.
+    file, and while iterating for corrupt gzip data or a CSV file without a header.
     """
     kind = detect_format(path, fmt)
     if str(path) != STDIN:

@@ -131,8 +131,8 @@ def test_duplicate_keys_keep_the_first_and_report_both_lines(
     report = store_file(ledger, info, src, fmt=None, key_field="id")
     assert (report.read, report.added, report.duplicate_count) == (6, 4, 2)
     assert report.duplicates == [
-        "line 5: duplicate key 'k0' (first at line 1); skipped",
-        "line 6: duplicate key 'k1' (first at line 2); skipped",
+        "line 5: duplicate key 'k0' (first at line 1)",
+        "line 6: duplicate key 'k1' (first at line 2)",
     ]
     stored = {r.key: r.input["question"] for r in iter_records(ledger.engine, info.id)}
     assert stored == {"k0": "q0", "k1": "q1", "k2": "q2", "k3": "q3"}
@@ -166,7 +166,7 @@ def batch_names(tmp_path: Path) -> list[str]:
         (b"", "no records (the file is empty)"),
         (b"\n  \n", "no records (the file is empty)"),
         (b"{bad\n[1]\n", "no valid records (2 bad lines, nothing stored); first: line 1"),
-        (b'{"id": 1, "question": "q", "answer": "a"}\n{"id": "caf\xe9"}\n', "line 2: not UTF-8"),
+        (b'{"id": "caf\xe9"}\n{bad\n', "(2 bad lines, nothing stored); first: line 1: not UTF-8"),
     ],
     ids=["empty", "blank", "all-bad", "not-utf8"],
 )

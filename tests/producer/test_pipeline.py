@@ -31,7 +31,7 @@ def test_2000_records_over_4_instances_each_succeed_exactly_once(
     src = write_jsonl(tmp_path / "big.jsonl", judge_rows(2000))
     res = pipeline.cli("enqueue", str(src), "--spec", "judge", "--batch", "big", "--key", "id")
     assert res.returncode == 0, res.stderr
-    assert "added 2000" in res.stdout
+    assert "(2000 added, 0 already stored, 0 reused)" in res.stdout
     counts = pipeline.wait_done("big", 2000)
     assert counts["succeeded"] == 2000 and counts["failed"] == 0
     assert pipeline.ledger is not None
@@ -59,7 +59,8 @@ def test_enqueueing_the_same_file_twice_adds_nothing(pipeline: Pipeline, tmp_pat
     second = pipeline.cli("enqueue", str(src), "--batch", "twice", "--key", "id", "--json")
     assert second.returncode == 0, second.stderr
     report = json.loads(second.stdout)
-    assert (report["read"], report["added"], report["published"]) == (50, 0, 0)
+    assert (report["read"], report["added"], report["published_now"]) == (50, 0, 0)
+    assert (report["published"], report["waiting"]) == (50, 0)  # all went to the fleet before
     assert pipeline.counts("twice")["succeeded"] == 50
 
 
@@ -72,7 +73,7 @@ def test_malformed_lines_are_reported_by_number_and_the_rest_run(
     src.write_text("\n".join(lines) + "\n", encoding="utf-8")
     res = pipeline.cli("enqueue", str(src), "--batch", "bad", "--key", "id")
     assert res.returncode == 0, res.stderr
-    assert "bad lines 3" in res.stdout
+    assert "3 bad lines" in res.stdout
     for n in (2, 4, 7):
         assert f"line {n}:" in res.stderr
     assert pipeline.wait_done("bad", 5)["succeeded"] == 5

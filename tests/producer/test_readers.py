@@ -35,7 +35,12 @@ def rows(items: list[Row | BadRow]) -> list[tuple[int, dict[str, Any]]]:
 
 
 def bad(items: list[Row | BadRow]) -> list[tuple[int, str]]:
-    return [(r.line, r.error) for r in items if isinstance(r, BadRow)]
+    """Bad lines (blank ones aside): ``(line, "line N: message")``."""
+    return [(r.line, r.error) for r in items if isinstance(r, BadRow) and not r.skipped]
+
+
+def blank(items: list[Row | BadRow]) -> list[int]:
+    return [r.line for r in items if isinstance(r, BadRow) and r.skipped]
 
 
 # --- format detection ---------------------------------------------------------------------
@@ -93,11 +98,15 @@ def test_jsonl_good_blank_and_bad_lines_with_line_numbers(tmp_path: Path) -> Non
     items = list(read_records(write_bytes(tmp_path, "r.jsonl", text.encode())))
     assert rows(items) == [(1, {"id": 1}), (4, {"id": 2, "text": "caf\u00e9"}), (9, {"id": 4})]
     assert bad(items) == [
-        (5, "line 5: invalid JSON (Expecting property name enclosed in double quotes: column 10)"),
-        (6, "line 6: not a JSON object"),
-        (7, "line 7: not a JSON object"),
+        (
+            5,
+            "line 5: invalid JSON (Expecting property name enclosed in double quotes at column 10)",
+        ),
+        (6, "line 6: not a JSON object but an array"),
+        (7, "line 7: not a JSON object but a string"),
         (8, "line 8: invalid JSON (NaN is not allowed)"),
     ]
+    assert blank(items) == [2, 3]
 
 
 def test_jsonl_tolerates_a_utf8_bom(tmp_path: Path) -> None:
@@ -105,12 +114,18 @@ def test_jsonl_tolerates_a_utf8_bom(tmp_path: Path) -> None:
     assert rows(list(read_records(path))) == [(1, {"a": 1}), (2, {"a": 2})]
 
 
-def test_jsonl_not_utf8_is_a_reader_error_naming_the_line(tmp_path: Path) -> None:
-    path = write_bytes(tmp_path, "latin.jsonl", b'{"a": 1}\n{"a": "caf\xe9"}\n')
-    records = read_records(path)
-    assert next(records) == Row(1, {"a": 1})
-    with pytest.raises(ReaderError, match="line 2: not UTF-8"):
-        next(records)
+def test_jsonl_not_utf8_is_a_bad_line_naming_the_column_and_the_rest_is_read(
+    tmp_path: Path,
+) -> None:
+    path = write_bytes(tmp_path, "latin.jsonl", b'{"a": 1}\n{"a": "caf\xe9"}\n{"a": 3}\n')
+    items = list(read_records(path))
+    assert rows(items) == [(1, {"a": 1}), (3, {"a": 3})]
+    [(line, code, raw)] = [(b.line, b.code, b.raw) for b in items if isinstance(b, BadRow)]
+    assert (line, code) == (2, "invalid_encoding")
+    assert raw == '{"a": "caf\\xe9"}'  # the bad byte kept visible, as an escape
+    assert bad(items) == [
+        (2, "line 2: not UTF-8 text (invalid continuation byte at column 11, byte 11)")
+    ]
 
 
 def test_gzipped_jsonl_is_read(tmp_path: Path) -> None:
@@ -172,7 +187,9 @@ def test_big_jsonl_reads_its_first_row_without_reading_the_rest(tmp_path: Path) 
         f.write(line * 20_000)  # ~20 MB behind the first row
     records = read_records(path)
     assert next(records) == Row(1, {"id": 0, "text": "x" * 1000})
-    assert next(records) == BadRow(2, "line 2: invalid JSON (Expecting value: column 1)")
+    second = next(records)
+    assert isinstance(second, BadRow)
+    assert second.error == "line 2: invalid JSON (Expecting value at column 1)"
     records.close()  # type: ignore[attr-defined]
 
 
@@ -199,6 +216,7 @@ def test_csv_with_header_multiline_field_blank_line_and_bad_row(tmp_path: Path) 
         (6, "line 6: expected 3 fields, got 4"),
         (7, "line 7: expected 3 fields, got 2"),
     ]
+    assert blank(items) == [5]
 
 
 def test_tsv_uses_tabs_and_keeps_commas(tmp_path: Path) -> None:
@@ -294,3 +312,38 @@ def test_every_sample_row_renders_under_the_judge_spec() -> None:
         assert isinstance(item, Row)
         [messages] = plan_requests(spec, item.data)
         assert item.data["answer"] in messages[-1]["content"]
+
+
+# --- hostile lines ------------------------------------------------------------------------
+
+
+def test_a_huge_line_is_read_in_chunks_and_kept_cut(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "huge.jsonl"
+    with path.open("wb") as f:
+        f.write(b'{"id": 1}\n{"text": "')
+        for _ in range(16):
+            f.write(b"y" * (1024 * 1024))  # one line of 16 MiB
+        f.write(b'"}\n{"id": 3}\n')
+    tracemalloc.start()
+    try:
+        items = list(read_records(path, max_record_bytes=1024 * 1024))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert rows(items) == [(1, {"id": 1}), (3, {"id": 3})]
+    [big] = [b for b in items if isinstance(b, BadRow)]
+    assert (
+        big.code == "line_too_large" and f"record is {16 * 1024 * 1024 + 12} bytes" in big.message
+    )
+    assert big.raw is not None and len(big.raw) <= 4096
+    assert peak < 6 * 1024 * 1024  # never the whole line in memory
+
+
+def test_an_openai_batch_file_is_sniffed_past_bad_first_lines(tmp_path: Path) -> None:
+    from producer.readers import sniff_format
+
+    line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "p"}}
+    path = write_bytes(tmp_path, "b.jsonl", b"{broken\n\xff\xfe\n\n" + json.dumps(line).encode())
+    assert sniff_format(path) == "openai"

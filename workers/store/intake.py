@@ -28,8 +28,8 @@ from workers.store.models import Record, Status, utcnow
 IntakeRow = tuple[str, int, dict[str, Any], str | None]
 """``(key, seq, input, fingerprint)``; ``seq`` is the record's line in its file."""
 
-OnDuplicate = Callable[[str, int, int], None]
-"""Called with ``(key, line, first_line)`` for a row skipped as a duplicate key."""
+OnDuplicate = Callable[[str, int, int, dict[str, Any]], None]
+"""Called with ``(key, line, first_line, input)`` for a row skipped as a duplicate key."""
 
 INTAKE_WAL_CHECKPOINT_PAGES = 10_000
 _COPIED = ("output_text", "output", "prompt_tokens", "completion_tokens", "latency_ms")
@@ -37,9 +37,16 @@ _COPIED = ("output_text", "output", "prompt_tokens", "completion_tokens", "laten
 
 @dataclass
 class IntakeResult:
+    """What was stored so far (kept up to date chunk by chunk, so a caller whose intake
+    failed half-way can say what it stored)."""
+
     added: int = 0
     reused: int = 0
     duplicates: int = 0
+    rows: int = 0
+    """Rows handled (added, reused, already stored or duplicate)."""
+    last_line: int = 0
+    """The line of the last row handled."""
 
 
 def store_rows(
@@ -50,10 +57,12 @@ def store_rows(
     reuse: bool = True,
     on_duplicate: OnDuplicate | None = None,
     chunk: int = DEFAULT_INSERT_CHUNK,
+    result: IntakeResult | None = None,
 ) -> IntakeResult:
     """Insert ``rows`` into batch ``batch_id``; returns how many were added, reused and
-    skipped as duplicates. See the module docstring."""
-    result = IntakeResult()
+    skipped as duplicates (in ``result``, if given, updated after every chunk). See the
+    module docstring."""
+    result = result if result is not None else IntakeResult()
     buf: list[IntakeRow] = []
     for row in rows:
         buf.append(row)
@@ -97,6 +106,8 @@ def _store_chunk(
                 inserted |= {k: s for k, s in conn.execute(stmt, values).all()}
     result.added += len(inserted)
     result.reused += sum(1 for s in inserted.values() if s == Status.SUCCEEDED)
+    result.rows += len(rows)
+    result.last_line = rows[-1][1]
     _report_duplicates(ledger, batch_id, rows, set(inserted), on_duplicate, result)
 
 
@@ -156,21 +167,21 @@ def _report_duplicates(
     result: IntakeResult,
 ) -> None:
     seen: set[str] = set()
-    skipped: list[tuple[str, int]] = []
-    for key, seq, _, _ in rows:
+    skipped: list[tuple[str, int, dict[str, Any]]] = []
+    for key, seq, data, _ in rows:
         if key not in inserted or key in seen:
-            skipped.append((key, seq))
+            skipped.append((key, seq, data))
         seen.add(key)
     if not skipped:
         return
     q = select(Record.key, Record.seq).where(
-        Record.batch_id == batch_id, Record.key.in_({k for k, _ in skipped})
+        Record.batch_id == batch_id, Record.key.in_({k for k, _, _ in skipped})
     )
     with ledger.engine.connect() as conn:
         stored = {k: int(s) for k, s in conn.execute(q)}
-    for key, seq in skipped:
+    for key, seq, data in skipped:
         first = stored.get(key)
         if first is not None and first != seq:
             result.duplicates += 1
             if on_duplicate is not None:
-                on_duplicate(key, seq, first)
+                on_duplicate(key, seq, first, data)

@@ -22,9 +22,11 @@ from typing import Any
 
 from sqlalchemy import Engine, and_, bindparam, case, delete, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from workers.errors import BatchNotFoundError, ConfigError, StoreError
+from workers.store.limits import BATCH_NAME_CHARS, MODEL_CHARS, SPEC_NAME_CHARS, check_text
 from workers.store.models import Batch, Record, Status, utcnow
 
 DEFAULT_INSERT_CHUNK = 2000
@@ -169,34 +171,41 @@ class Ledger:
         """Return the batch ``name``, creating it; the flag says whether it is new.
 
         Raises :class:`ConfigError` when it exists with another spec, model or route:
-        re-running an enqueue must not silently mix two prompts in one batch.
+        re-running an enqueue must not silently mix two prompts in one batch; and
+        :class:`~workers.store.limits.LimitError` for a name the ledger cannot hold. Two callers
+        creating one batch at once both get it, and one of them is told it is new.
         """
-        with Session(self.engine) as s, s.begin():
-            batch = s.scalar(select(Batch).where(Batch.name == name))
-            if batch is not None:
-                if (batch.spec, batch.model, batch.route, tuple(batch.targets or ())) != (
-                    spec,
-                    model,
-                    route,
-                    tuple(targets),
-                ):
-                    raise ConfigError(
-                        f"batch {name!r} exists with another spec, model or route; "
-                        "use a new --batch name"
+        check_text("batch name", name, BATCH_NAME_CHARS)
+        check_text("spec name", spec_name, SPEC_NAME_CHARS)
+        check_text("model name", model, MODEL_CHARS)
+        wanted = (spec, model, route, tuple(targets))
+        for _ in range(2):  # a lost creation race: the second look finds the winner's batch
+            with Session(self.engine) as s, s.begin():
+                batch = s.scalar(select(Batch).where(Batch.name == name))
+                if batch is not None:
+                    if (batch.spec, batch.model, batch.route, tuple(batch.targets or ())) != wanted:
+                        raise ConfigError(
+                            f"batch {name!r} exists with another spec, model or route; "
+                            "use a new --batch name"
+                        )
+                    return _info(batch), False
+            try:
+                with Session(self.engine) as s, s.begin():
+                    batch = Batch(
+                        name=name,
+                        spec_name=spec_name,
+                        spec=spec,
+                        model=model,
+                        route=route,
+                        targets=list(targets) or None,
+                        source=source,
                     )
-                return _info(batch), False
-            batch = Batch(
-                name=name,
-                spec_name=spec_name,
-                spec=spec,
-                model=model,
-                route=route,
-                targets=list(targets) or None,
-                source=source,
-            )
-            s.add(batch)
-            s.flush()
-            return _info(batch), True
+                    s.add(batch)
+                    s.flush()
+                    return _info(batch), True
+            except IntegrityError:
+                continue
+        raise StoreError(f"batch {name!r} could not be created nor found")
 
     def batch(self, name: str) -> BatchInfo:
         """Return the batch called ``name``. Raises :class:`BatchNotFoundError`."""

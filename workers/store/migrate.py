@@ -8,12 +8,15 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from workers.errors import StoreError
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+MIGRATION_LOCK_KEY = 0x7666_6C74_6462
+"""PostgreSQL advisory lock held while the schema is upgraded ("vfltdb")."""
 
 
 def _config() -> Config:
@@ -30,14 +33,22 @@ def head_revision() -> str | None:
 def current_revision(engine: Engine) -> str | None:
     """The revision the database is at, or None for an empty database."""
     with engine.connect() as conn:
-        return MigrationContext.configure(conn).get_current_revision()
+        return _revision(conn)
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the database to ``revision``. Raises :class:`StoreError` if it cannot."""
+    """Bring the database to ``revision``. Raises :class:`StoreError` if it cannot.
+
+    Safe when several processes open one new ledger at once: the upgrade runs in one
+    transaction under a lock (SQLite: ``BEGIN EXCLUSIVE``; PostgreSQL: an advisory lock),
+    and whoever gets the lock second finds the work done and does nothing.
+    """
     cfg = _config()
     try:
         with engine.begin() as conn:
+            _lock(conn)
+            if revision == "head" and _revision(conn) == head_revision():
+                return
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:
@@ -48,3 +59,17 @@ def ensure_schema(engine: Engine) -> None:
     """Upgrade the database if it is behind this version of vfleet."""
     if current_revision(engine) != head_revision():
         upgrade(engine)
+
+
+def _lock(conn: Connection) -> None:
+    """Hold the migration lock until ``conn``'s transaction ends."""
+    if conn.dialect.name == "sqlite":
+        # pysqlite opens no transaction before DDL: without this each CREATE TABLE would
+        # commit on its own, and two processes would both create alembic_version.
+        conn.exec_driver_sql("BEGIN EXCLUSIVE")
+    elif conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+
+
+def _revision(conn: Connection) -> str | None:
+    return MigrationContext.configure(conn).get_current_revision()

@@ -144,10 +144,15 @@ class BadLine(Base):
     """
 
     __tablename__ = "bad_lines"
-    __table_args__ = (UniqueConstraint("batch_id", "line", name="uq_bad_lines_batch_line"),)
+    __table_args__ = (
+        UniqueConstraint("batch_id", "source", "line", name="uq_bad_lines_batch_source_line"),
+    )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     batch_id: Mapped[int] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"))
+    # The input file (absolute path, ``-`` for standard input): a batch may be fed from
+    # several files, whose line numbers overlap.
+    source: Mapped[str] = mapped_column(String(1000))
     line: Mapped[int] = mapped_column(BigInteger)
     custom_id: Mapped[str | None] = mapped_column(String(300))
     code: Mapped[str] = mapped_column(String(32))

@@ -14,9 +14,12 @@ if TYPE_CHECKING:
 
 
 def open_ledger(settings: Settings, *, pool_size: int = 8) -> Ledger:
-    """A ledger on the configured database, migrated if it is the embedded SQLite.
+    """A ledger on the configured database, migrated if it is new or the embedded SQLite.
 
-    PostgreSQL is shared by many hosts: it is upgraded only by ``vfleet db upgrade``.
+    A PostgreSQL ledger is shared by many hosts: an empty database gets the schema on
+    first use, one at an older revision is upgraded only by ``vfleet db upgrade``.
+    Several processes may open one new ledger at once (see
+    :func:`workers.store.migrate.upgrade`).
     """
     from sqlalchemy.exc import OperationalError
 
@@ -34,14 +37,15 @@ def open_ledger(settings: Settings, *, pool_size: int = 8) -> Ledger:
 
 
 def _check_schema(engine: Engine) -> None:
-    from workers.store.migrate import current_revision, ensure_schema, head_revision
+    from workers.store.migrate import current_revision, head_revision, upgrade
 
-    if engine.dialect.name == "sqlite":
-        ensure_schema(engine)
-        return
     current = current_revision(engine)
-    if current != head_revision():
-        raise StoreError(
-            f"database schema is at {current or 'nothing'}, this vfleet needs "
-            f"{head_revision()}: run `vfleet db upgrade`"
-        )
+    if current == head_revision():
+        return
+    if engine.dialect.name == "sqlite" or current is None:
+        upgrade(engine)
+        return
+    raise StoreError(
+        f"database schema is at {current}, this vfleet needs "
+        f"{head_revision()}: run `vfleet db upgrade`"
+    )

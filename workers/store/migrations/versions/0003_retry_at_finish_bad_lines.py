@@ -34,6 +34,7 @@ def upgrade() -> None:
             nullable=False,
         ),
         sa.Column("batch_id", sa.Integer(), nullable=False),
+        sa.Column("source", sa.String(length=1000), nullable=False),
         sa.Column("line", sa.BigInteger(), nullable=False),
         sa.Column("custom_id", sa.String(length=300), nullable=True),
         sa.Column("code", sa.String(length=32), nullable=False),
@@ -42,7 +43,7 @@ def upgrade() -> None:
         sa.Column("created_at", UTCDateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["batch_id"], ["batches.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
-        sa.UniqueConstraint("batch_id", "line", name="uq_bad_lines_batch_line"),
+        sa.UniqueConstraint("batch_id", "source", "line", name="uq_bad_lines_batch_source_line"),
     )
 
 
