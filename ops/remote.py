@@ -21,10 +21,10 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ops.endpoint import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, models_url, read_models
 from ops.errors import OpsError
 from ops.ssh.errors import SSHConnectError
 from ops.ssh.pool import CommandResult, SSHPool
-from ops.vllm_probe import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, read_models
 
 logger = logging.getLogger(__name__)
 
@@ -341,7 +341,7 @@ class RemoteServers:
             lambda h, p: self.pool.open_channel(host, h, p), timeout=self.http_timeout
         )
         try:
-            return read_models(http.get(f"http://{SERVER_HOST}:{port}/v1/models"))[0] or ""
+            return read_models(http.get(models_url(f"http://{SERVER_HOST}:{port}/v1")))[0] or ""
         except ProbeError:
             return None
 

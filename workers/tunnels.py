@@ -15,9 +15,9 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from ops.discover import REMOTE_LISTENERS_COMMAND, discover, parse_listeners, parse_ports
+from ops.endpoint import ChannelHttp
 from ops.ssh.pool import SSHPool
 from ops.tunnels.supervisor import DEFAULT_CHECK_INTERVAL, SupervisedTunnel
-from ops.vllm_probe import ChannelHttp
 from workers.errors import ConfigError
 from workers.fleet import Fleet, InstanceConfig
 from workers.monitor_settings import MonitorSettings, build_monitor_settings

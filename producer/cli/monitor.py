@@ -209,7 +209,7 @@ def _discover_host(
     pool: SSHPool, alias: str, ports: list[int], timeout: float
 ) -> list[FoundServer]:
     from ops.discover import REMOTE_LISTENERS_COMMAND, discover, parse_listeners
-    from ops.vllm_probe import ChannelHttp
+    from ops.endpoint import ChannelHttp
 
     listeners = parse_listeners(pool.run(alias, REMOTE_LISTENERS_COMMAND).stdout)
     http = ChannelHttp(lambda h, p: pool.open_channel(alias, h, p), timeout=timeout)
@@ -222,7 +222,7 @@ def _discover_all(
 ) -> tuple[list[FoundServer], dict[str, str]]:
     """Servers found (locally and on ``hosts``) and the hosts that could not be searched."""
     from ops.discover import discover, local_listeners
-    from ops.vllm_probe import DirectHttp
+    from ops.endpoint import DirectHttp
     from workers.scan.runtime import build_ssh_pool
 
     found: list[FoundServer] = []

@@ -191,3 +191,59 @@ def test_prune_deletes_only_old_snapshots(engine: Engine) -> None:
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(GpuSnapshot)) == 1
         assert s.scalar(select(func.count()).select_from(VllmSnapshot)) == 1
+
+
+def _chat(url: str, n: int) -> None:
+    llm = openai.OpenAI(base_url=url, api_key="sim", max_retries=0)
+    for _ in range(n):
+        llm.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=16
+        )
+    llm.close()
+
+
+def test_token_rates_use_a_recent_window_and_restart_with_the_server(engine: Engine) -> None:
+    port = free_port()
+    args = ["--ttft", "0", "--itl", "0"]
+    target = ProbeTarget("a", f"http://127.0.0.1:{port}/v1")
+
+    def scan() -> VllmSnapshot:
+        (row,) = scan_vllm(
+            [target],
+            engine=engine,
+            http_client_for=lambda t: http_for(t, ssh_pool=None, timeout=2),
+            rate_window=30,
+        )
+        return row
+
+    with SimFleet(base_port=port, extra_args=args) as sim:
+        _chat(sim.urls[0], 3)
+        # An hour-old reading of zero: a rate against it would be an hour's average.
+        with Session(engine) as s, s.begin():
+            s.add(
+                VllmSnapshot(
+                    taken_at=utcnow() - timedelta(hours=1), instance="a", base_url="x",
+                    healthy=True, prompt_tokens_total=0.0, generation_tokens_total=0.0,
+                )
+            )  # fmt: skip
+        first = scan()
+        assert first.prompt_tokens_total and first.prompt_tokens_total > 0
+        assert first.prompt_tokens_per_s is None and first.generation_tokens_per_s is None
+        _chat(sim.urls[0], 3)
+        second = scan()
+        assert second.prompt_tokens_total is not None and second.taken_at > first.taken_at
+        seconds = (second.taken_at - first.taken_at).total_seconds()
+        expected = (second.prompt_tokens_total - first.prompt_tokens_total) / seconds
+        assert second.prompt_tokens_per_s == pytest.approx(expected)
+        assert second.prompt_tokens_per_s and second.prompt_tokens_per_s > 0
+    with SimFleet(base_port=port, extra_args=args) as restarted:  # counters start from 0
+        after = scan()
+        assert after.prompt_tokens_total is not None
+        assert after.prompt_tokens_total < (second.prompt_tokens_total or 0)
+        assert after.prompt_tokens_per_s is None  # no reading since the restart yet
+        _chat(restarted.urls[0], 12)  # past the old counters: only the restart tells
+        again = scan()
+    assert (again.prompt_tokens_total or 0) > (second.prompt_tokens_total or 0)
+    seconds = (again.taken_at - after.taken_at).total_seconds()
+    expected = ((again.prompt_tokens_total or 0) - (after.prompt_tokens_total or 0)) / seconds
+    assert again.prompt_tokens_per_s == pytest.approx(expected)
