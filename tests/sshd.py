@@ -4,10 +4,15 @@ The server runs as a non-daemon child (``sshd -D -e``) with its own host key, an
 client key and ``SetEnv PATH=<bin>:...`` so that ``nvidia-smi`` is the fake below. The fake
 reads ``FAKE_GPU_MODE`` and ``FAKE_GPU_DELAY``, which the client sends per host alias
 (``SetEnv`` in the test ssh_config, ``AcceptEnv FAKE_GPU_*`` in sshd_config).
+
+Every process a session starts carries ``VFLEET_TEST_SSHD=<root>`` in its environment:
+:func:`session_processes` finds them (a test asserts none outlive a scan) and
+:meth:`Sshd.stop` ends any that are left, so no remote command outlives the test.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import os
 import shutil
@@ -20,6 +25,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 
+import psutil
+
 from ops.redis_server import free_port
 from tests.services import missing
 
@@ -29,6 +36,8 @@ INSTALL_HINT = "OpenSSH server not installed: apt-get install openssh-server"
 UUID0 = "GPU-1b6c0b7e-0f5a-4a8e-9d51-6f1f8e2a0001"
 UUID1 = "GPU-1b6c0b7e-0f5a-4a8e-9d51-6f1f8e2a0002"
 A100 = "NVIDIA A100-SXM4-80GB"
+H100 = "NVIDIA H100 80GB HBM3"
+MARKER = "VFLEET_TEST_SSHD"
 
 # What nvidia-smi prints with --format=csv,noheader,nounits, per mode.
 GPU_OUTPUT = {
@@ -39,8 +48,19 @@ GPU_OUTPUT = {
     "mig": f"0, {UUID0}, {A100}, [N/A], [N/A], 81920, 13, 35, 82.00, 400.00\n",
     "unsupported": f"0, {UUID0}, NVIDIA GeForce RTX 3090, 3, 1, 24576, 12, 40, "
     "[Not Supported], [Not Supported]\n",
+    # A GPU in a bad state next to a healthy idle one: unknown is never idle.
+    "error": f"0, {UUID0}, {H100}, [Unknown Error], [Unknown Error], 81559, 0, 33, "
+    "[Unknown Error], 700.00\n"
+    f"1, {UUID1}, {H100}, 0, 0, 81559, 1, 31, 69.12, 700.00\n",
+    # A loaded H100 box: a vLLM server on each GPU.
+    "h100": f"0, {UUID0}, {H100}, 98, 71, 81559, 73420, 67, 612.30, 700.00\n"
+    f"1, {UUID1}, {H100}, 96, 69, 81559, 73420, 66, 598.74, 700.00\n",
 }
-APPS_OUTPUT = {"busy": f"4242, /usr/bin/python3, 73990, {UUID0}\n"}
+APPS_OUTPUT = {
+    "busy": f"4242, /usr/bin/python3, 73990, {UUID0}\n",
+    "h100": f"31337, /opt/venv/bin/python3 -m vllm.entrypoints.openai.api_server, 73000, {UUID0}\n"
+    f"31338, VLLM::EngineCore, 73000, {UUID1}\n",
+}
 
 FAKE_NVIDIA_SMI = """#!/bin/sh
 mode="${FAKE_GPU_MODE:-idle}"
@@ -109,7 +129,7 @@ class Sshd:
             PubkeyAuthentication yes
             AllowTcpForwarding yes
             AcceptEnv FAKE_GPU_*
-            SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin
+            SetEnv PATH={self.bin}:/usr/local/bin:/usr/bin:/bin {MARKER}={self.root}
             MaxStartups 200
             MaxSessions 200
             LogLevel ERROR
@@ -139,6 +159,9 @@ class Sshd:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(10)
+        for proc in session_processes(self.root):  # whatever a session left running
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
 
     @property
     def known_hosts_line(self) -> str:
@@ -148,18 +171,19 @@ class Sshd:
     def ssh_config(
         self, aliases: Mapping[str, Mapping[str, str]], *, port: int | None = None
     ) -> str:
-        """ssh_config text: each alias → this server, with extra ``Key value`` options."""
+        """ssh_config text: each alias → this server, with extra ``Key value`` options
+        (``HostName`` and ``Port`` replace this server's)."""
         blocks = []
         for alias, extra in aliases.items():
             lines = [
                 f"Host {alias}",
-                "  HostName 127.0.0.1",
+                f"  HostName {extra.get('HostName', '127.0.0.1')}",
                 f"  Port {extra.get('Port', port or self.port)}",
                 f"  User {self.user}",
                 f"  IdentityFile {self.client_key}",
                 "  IdentitiesOnly yes",
             ]
-            lines += [f"  {k} {v}" for k, v in extra.items() if k != "Port"]
+            lines += [f"  {k} {v}" for k, v in extra.items() if k not in ("Port", "HostName")]
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks) + "\n"
 
@@ -170,6 +194,23 @@ class Sshd:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def session_processes(root: Path, **env: str) -> list[psutil.Process]:
+    """Live processes that sessions of the sshd under ``root`` started (with ``env`` in
+    their environment too, if given)."""
+    wanted = {MARKER: str(root), **env}
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            environ = proc.environ()
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.Error:
+            continue
+        if all(environ.get(k) == v for k, v in wanted.items()):
+            found.append(proc)
+    return found
 
 
 def _banner(port: int) -> bool:
