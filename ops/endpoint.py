@@ -190,7 +190,7 @@ class DirectHttp:
         try:
             port = parts.port or (443 if parts.scheme == "https" else 80)
         except ValueError as e:
-            raise ProbeError(f"GET {mask_url(url)}: bad port") from e
+            raise ProbeError(f"{mask_url(url)}: bad port") from e
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         try:
             conn = self.connection(parts.scheme, parts.hostname or "localhost", port)
@@ -201,7 +201,8 @@ class DirectHttp:
             finally:
                 conn.close()
         except (OSError, http.client.HTTPException, OpsError) as e:
-            raise ProbeError(f"GET {mask_url(url)}: {e or e.__class__.__name__}") from e
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            raise ProbeError(f"{mask_url(url)}: {reason or e.__class__.__name__}") from e
         return HttpResponse(resp.status, body.decode("utf-8", errors="replace"))
 
 

@@ -116,7 +116,7 @@ class HttpxHttp:
             resp = self.client.get(url, headers=dict(headers or {}))
         except httpx2.HTTPError as e:
             first = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
-            raise ProbeError(f"GET {mask_url(url)}: {first}") from e
+            raise ProbeError(f"{mask_url(url)}: {first}") from e
         return HttpResponse(resp.status_code, resp.text)
 
     def close(self) -> None:
