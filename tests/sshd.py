@@ -279,3 +279,105 @@ def write_client_files(
     known = root / "known_hosts"
     known.write_text(server.known_hosts_line if trusted else "")
     return config, known
+
+
+class NetnsHost:
+    """A "remote host" only SSH reaches: a network namespace of its own, holding the
+    servers started with :meth:`run` on its loopback, and an sshd in it.
+
+    The namespace has nothing but its own loopback. A listener on this machine's loopback
+    (:attr:`port`) hands each connection to ``sshd -i`` started inside the namespace, so
+    SSH (and its direct-tcpip channels) arrive there, while a server bound to
+    ``127.0.0.1:P`` in it cannot be reached from here at all. Needs root and iproute2.
+    """
+
+    def __init__(self, sshd: Sshd) -> None:
+        self.sshd = sshd
+        self.name = f"vft-{os.urandom(4).hex()}"
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = int(self.sock.getsockname()[1])
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self.log = sshd.root / f"netns-{self.name}.log"
+
+    @staticmethod
+    def available() -> str | None:
+        """None when namespaces can be made here, else why not."""
+        if shutil.which("ip") is None:
+            return "iproute2 not installed: apt-get install iproute2"
+        if os.geteuid() != 0:
+            return "network namespaces need root"
+        return None
+
+    def start(self) -> NetnsHost:
+        subprocess.run(["ip", "netns", "add", self.name], check=True, capture_output=True)
+        try:
+            subprocess.run(
+                ["ip", "-n", self.name, "link", "set", "lo", "up"], check=True, capture_output=True
+            )
+        except BaseException:
+            self.stop()
+            raise
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self._thread.start()
+        return self
+
+    def run(self, argv: list[str], *, log: Path) -> subprocess.Popen[bytes]:
+        """Start ``argv`` inside the namespace (stopped by :meth:`stop`)."""
+        with log.open("ab") as out:
+            proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.name, *argv], stdout=out, stderr=subprocess.STDOUT
+            )
+        self.procs.append(proc)
+        return proc
+
+    def _accept(self) -> None:
+        cfg = str(self.sshd.root / "sshd_config")
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with conn, self.log.open("ab") as err:
+                self.procs.append(
+                    subprocess.Popen(
+                        ["ip", "netns", "exec", self.name, SSHD, "-i", "-e", "-f", cfg],
+                        stdin=conn.fileno(),
+                        stdout=conn.fileno(),
+                        stderr=err,
+                    )
+                )
+
+    @property
+    def known_hosts_line(self) -> str:
+        key = self.sshd.host_key.with_suffix(".pub").read_text().split()
+        return f"[127.0.0.1]:{self.port} {key[0]} {key[1]}\n"
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.sock.close()
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True, check=False)
+
+    def __enter__(self) -> NetnsHost:
+        return self.start()
+
+    def __exit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
