@@ -28,6 +28,15 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """Return an engine for ``url``. Raises :class:`ConfigError` for a malformed URL."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    if "@" in userinfo or "/" in userinfo:
+        # SQLAlchemy would split such a password at its '@' or '/' and take the rest for
+        # the host, which then shows up in connection errors.
+        raise ConfigError(
+            "database URL (VFLEET_DATABASE_URL / --database-url): its password holds '@' or "
+            "'/': percent-encode them (%40, %2F)"
+        )
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
