@@ -201,7 +201,10 @@ class DirectHttp:
             finally:
                 conn.close()
         except (OSError, http.client.HTTPException, OpsError) as e:
-            reason = (e.strerror if isinstance(e, OSError) else None) or str(e)
+            # An SSH channel's error names its host already: keep only why.
+            reason = (e.strerror if isinstance(e, OSError) else None) or str(
+                getattr(e, "reason", None) or e
+            )
             raise ProbeError(f"{mask_url(url)}: {reason or e.__class__.__name__}") from e
         return HttpResponse(resp.status, body.decode("utf-8", errors="replace"))
 

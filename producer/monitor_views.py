@@ -138,9 +138,11 @@ def processes_cell(g: GpuRow) -> str:
     return cell + (f" +{more}" if more > 0 else "")
 
 
-def host_order(host: HostGpus) -> tuple[int, int, str]:
-    """Hosts with the most idle GPUs first; hosts that failed and unscanned ones last."""
-    return (1 if host.failed else 0, -sum(g.idle for g in host.gpus), host.host)
+def host_order(host: HostGpus) -> tuple[int, int, int, str]:
+    """Hosts with the most idle GPUs first, then those with GPUs warming up to idle; hosts
+    that failed and unscanned ones last."""
+    warming = sum(g.state == WARMING for g in host.gpus)
+    return (1 if host.failed else 0, -sum(g.idle for g in host.gpus), -warming, host.host)
 
 
 def gpu_state(g: GpuRow) -> Text:

@@ -66,11 +66,14 @@ CountOpt = Annotated[int, typer.Option("--watch-count", hidden=True, min=0)]
 
 
 def _monitor(
-    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None
+    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None, *, view: bool = True
 ) -> MonitorSettings:
     # paramiko logs a traceback for every host that fails; our per-host errors say it once.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    # A view prints every failed host itself; the scans' warnings would say it twice.
+    if view and logging.getLogger().level > logging.INFO:
+        logging.getLogger("workers.scan").setLevel(logging.ERROR)
     from workers.monitor_settings import build_monitor_settings
 
     return build_monitor_settings(
@@ -431,7 +434,7 @@ def scan_worker(
 
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(None, None, None)
+    monitor = _monitor(None, None, None, view=False)
     app = create_app(c.settings, fleet=c.fleet)
     runtime = build_scan_runtime(c.settings, c.fleet, monitor)
     install_scan_runtime(app, runtime)

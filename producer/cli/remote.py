@@ -324,7 +324,13 @@ def serve(
     extra: Annotated[
         list[str] | None, typer.Argument(help="Extra server arguments, after --.")
     ] = None,
-    gpus: Annotated[str | None, typer.Option(help="GPU indices (0,1) or auto (idle).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU indices (0,1), or auto: GPUs the latest stored scan calls idle by the "
+            "idle rule (see `vfleet gpu --help`; never one still 'idle?' or 'unknown')."
+        ),
+    ] = None,
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor parallel size.")] = None,
     lifetime: Annotated[str | None, typer.Option(help="Stop after this long: 45m, 2h.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for /v1/models.")] = 900,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -293,3 +294,11 @@ def test_beat_and_scan_worker_store_snapshots(env: dict[str, str], tmp_path: Pat
     assert "vfleet.scan_gpus" in logs and "vfleet.scan_vllm" in logs
     assert client.get(BEAT_LOCK) is None, "a stopped beat releases its lock"
     client.close()
+
+
+def test_help_names_the_idle_rule_and_its_settings() -> None:
+    text = vfleet("gpu", "--help", env={**os.environ, "COLUMNS": "100"}).stdout
+    flat = " ".join(text.split())
+    names = ("VFLEET_IDLE_UTILIZATION", "VFLEET_IDLE_MEMORY", "VFLEET_IDLE_SCANS")
+    for name in (*names, "VFLEET_SSH_COMMAND_TIMEOUT", "idle? N/3", "unknown", "Exit status 3"):
+        assert name in flat, name
