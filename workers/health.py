@@ -149,6 +149,9 @@ class HealthGate:
         self.failures_to_close = failures_to_close
         self.successes_to_open = successes_to_open
         self._lock = threading.Lock()
+        self._notify_lock = threading.Lock()
+        self._flips = 0
+        self._notified = 0
         self._open = True
         self._bad = 0
         self._good = 0
@@ -177,13 +180,27 @@ class HealthGate:
         with self._lock:
             self.last = probe
             flipped = self._count(probe)
-            listeners = list(self._listeners) if flipped is not None else []
-        for listener in listeners:
-            try:
-                listener(bool(flipped), probe)
-            except Exception:  # a listener's failure must not fail the call that observed
-                logger.exception("health gate listener failed")
+            if flipped is None:
+                return None
+            self._flips += 1
+            flip = self._flips
+        self._notify(flip, flipped, probe)
         return flipped
+
+    def _notify(self, flip: int, up: bool, probe: Probe) -> None:
+        # Observers run in many threads (tasks, the housekeeper): listeners hear flips one
+        # at a time and never an older one after a newer, so the last word is the state.
+        with self._notify_lock:
+            if flip <= self._notified:
+                return
+            self._notified = flip
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener(up, probe)
+                except Exception:  # a listener's failure must not fail the call that observed
+                    logger.exception("health gate listener failed")
 
     def _count(self, probe: Probe) -> bool | None:
         if probe.healthy:

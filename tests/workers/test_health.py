@@ -185,3 +185,32 @@ def test_failed_calls_close_the_gate_and_the_worker_stops_consuming(
     line = next(ln for ln in log.read_text().splitlines() if "is DOWN" in ln)
     assert "connection failed" in line, line
     assert elapsed < 60
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_a_worker_consumes_again_when_its_instance_comes_back(
+    tmp_path: Path, broker_url: str
+) -> None:
+    p = Pipeline(tmp_path, broker_url, instances=1, concurrency=4)
+    worker = f"sim-1@{socket.gethostname()}"
+    log = tmp_path / "worker-sim-1.log"
+    with p:
+        app = create_app(p.settings)
+        sim = p.sims[0]
+        assert sim is not None
+        sim.process.kill()
+        sim.process.wait(10)
+        wait_for(lambda: _queues(app, worker) == set(), timeout=60, what="consumers cancelled")
+        assert "instance sim-1 is DOWN" in log.read_text(errors="replace")
+        p.start_sim(0)
+        wait_for(
+            lambda: _queues(app, worker) == {"llm.sim-model", "inst.sim-1"},
+            timeout=60,
+            what="consumers added back",
+        )
+        assert "instance sim-1 is up" in log.read_text(errors="replace")
+        p.enqueue(write_jsonl(tmp_path / "in.jsonl", judge_rows(20)), "back")
+        counts = p.wait_done("back", 20)
+        app.close()
+    assert counts["succeeded"] == 20
