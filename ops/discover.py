@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ops.endpoint import HttpClient, ProbeError, model_cards, models_url
 from ops.errors import OpsError
-from ops.vllm_probe import HttpClient, ProbeError
 
 REMOTE_LISTENERS_COMMAND = "ss -ltnH 2>/dev/null || cat /proc/net/tcp /proc/net/tcp6"
 PROC_NET = (Path("/proc/net/tcp"), Path("/proc/net/tcp6"))
@@ -125,17 +125,11 @@ def connect_address(listener: Listener) -> str:
 def probe_models(http: HttpClient, root: str) -> tuple[list[str], int | None] | None:
     """(model ids, first max_model_len) if ``root/v1/models`` answers like OpenAI, else None."""
     try:
-        resp = http.get(f"{root}/v1/models")
-        data = resp.json() if resp.status == 200 else None
+        cards = model_cards(http.get(models_url(f"{root}/v1")))
     except ProbeError:
         return None
-    models = data.get("data") if isinstance(data, dict) else None
-    if not isinstance(models, list):
-        return None
-    ids = [str(m["id"]) for m in models if isinstance(m, dict) and m.get("id")]
-    lengths = [m.get("max_model_len") for m in models if isinstance(m, dict)]
-    first = next((int(x) for x in lengths if isinstance(x, int)), None)
-    return ids, first
+    first = next((c.max_model_len for c in cards if c.max_model_len is not None), None)
+    return [c.id for c in cards], first
 
 
 def discover(

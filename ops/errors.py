@@ -11,10 +11,12 @@
     │   └── EngineDeadError      the simulated engine died
     ├── SSHError                 SSH to a fleet host (ops.ssh.errors)
     │   ├── HostKeyError         unknown or changed host key, refused
-    │   ├── SSHConnectError      refused, unreachable, authentication failed
+    │   ├── SSHConnectError      refused, unreachable, connection lost
+    │   │   └── SSHAuthError     the host answered but refused our credentials
     │   ├── SSHTimeoutError      the host did not answer in time
+    │   │   └── CommandTimeoutError  the host answered, the command hung (killed there)
     │   └── RemoteCommandError   the remote command failed
-    ├── ProbeError               a vLLM server's /health, /v1/models or /metrics (ops.vllm_probe)
+    ├── ProbeError               an endpoint's /health, /v1/models or /metrics (ops.endpoint)
     ├── DiscoverError            port discovery on a host (ops.discover)
     ├── TunnelError              in-process SSH tunnels (ops.tunnels.errors)
     │   ├── TunnelBindError      the local port cannot be bound

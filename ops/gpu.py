@@ -6,6 +6,10 @@ host has no nvidia-smi). With ``nounits`` nvidia-smi still prints bracketed toke
 ``[N/A]``, ``[Not Supported]``, ``[Unknown Error]`` — and sometimes bare ``N/A``; MIG mode
 reports utilisation as ``[N/A]``. Each of those becomes None; a line that cannot be read at
 all is skipped and named in ``warnings``.
+
+Idle (:class:`IdleRule`): utilisation and memory below thresholds and no compute process,
+in each of the last few scans. A reading nvidia-smi could not give (``[Unknown Error]``,
+``[N/A]``: a GPU in a bad state, or MIG) is never idle: it is ``unknown``.
 """
 
 from __future__ import annotations
@@ -21,6 +25,10 @@ GPU_FIELDS = (
 APP_FIELDS = ("pid", "process_name", "used_memory", "gpu_uuid")
 SEPARATOR = "---vfleet-compute-apps---"
 NOT_FOUND_STATUS = 127
+# What a scan says of a host it could not read (beside the SSH errors' states).
+NO_NVIDIA_SMI = "no-nvidia-smi"
+NVIDIA_SMI_FAILED = "nvidia-smi-failed"
+IDLE, BUSY, UNKNOWN = "idle", "busy", "unknown"
 DEFAULT_IDLE_UTILIZATION = 5.0
 DEFAULT_IDLE_MEMORY = 5.0
 DEFAULT_IDLE_SCANS = 3
@@ -83,6 +91,7 @@ class GpuScan:
     gpus: tuple[GpuReading, ...] = ()
     error: str | None = None
     warnings: tuple[str, ...] = field(default_factory=tuple)
+    state: str | None = None  # with ``error``: NO_NVIDIA_SMI or NVIDIA_SMI_FAILED
 
 
 def number(token: str) -> float | None:
@@ -136,7 +145,9 @@ def parse_gpu_scan(stdout: str, stderr: str = "", exit_status: int = 0) -> GpuSc
     driver is not answering, or nothing usable came back.
     """
     if exit_status == NOT_FOUND_STATUS or "command not found" in stderr:
-        return GpuScan(error="nvidia-smi not found on host (no NVIDIA driver?)")
+        return GpuScan(
+            error="nvidia-smi not found on host (no NVIDIA driver?)", state=NO_NVIDIA_SMI
+        )
     gpu_part, sep, app_part = stdout.partition(SEPARATOR)
     warnings: list[str] = []
     gpus: list[GpuReading] = []
@@ -150,7 +161,9 @@ def parse_gpu_scan(stdout: str, stderr: str = "", exit_status: int = 0) -> GpuSc
     if not gpus:
         why = _first_line(stderr) or _first_line(gpu_part) or "no output"
         return GpuScan(
-            error=f"nvidia-smi failed (exit {exit_status}): {why}", warnings=tuple(warnings)
+            error=f"nvidia-smi failed (exit {exit_status}): {why}",
+            warnings=tuple(warnings),
+            state=NVIDIA_SMI_FAILED,
         )
     return GpuScan(gpus=tuple(attach(gpus, procs)), warnings=tuple(warnings))
 
@@ -179,22 +192,49 @@ def attach(gpus: Iterable[GpuReading], procs: Sequence[GpuProcess]) -> list[GpuR
 
 @dataclass(frozen=True)
 class IdleRule:
-    """Idle = utilisation and memory below these and no compute process, ``scans`` times."""
+    """Idle = utilisation and memory below these and no compute process, ``scans`` times
+    in a row; a reading with unknown utilisation or memory is never idle."""
 
     utilization: float = DEFAULT_IDLE_UTILIZATION
     memory_percent: float = DEFAULT_IDLE_MEMORY
     scans: int = DEFAULT_IDLE_SCANS
 
+    def judge(self, utilization: float | None, memory_percent: float | None, processes: int) -> str:
+        """One reading: :data:`BUSY` when anything says so (a process, utilisation or
+        memory at or over its threshold), else :data:`UNKNOWN` when utilisation or memory
+        is unknown, else :data:`IDLE`."""
+        if processes > 0:
+            return BUSY
+        if utilization is not None and utilization >= self.utilization:
+            return BUSY
+        if memory_percent is not None and memory_percent >= self.memory_percent:
+            return BUSY
+        if utilization is None or memory_percent is None:
+            return UNKNOWN
+        return IDLE
+
     def instant(
         self, utilization: float | None, memory_percent: float | None, processes: int
     ) -> bool:
-        """Idle in one reading. Unknown memory is not idle; unknown utilisation (MIG, where
-        nvidia-smi reports none) is judged on memory and processes alone."""
-        if processes > 0 or memory_percent is None or memory_percent >= self.memory_percent:
-            return False
-        return utilization is None or utilization < self.utilization
+        """Idle in one reading (unknown is not idle)."""
+        return self.judge(utilization, memory_percent, processes) == IDLE
+
+    def streak(self, newest_first: Sequence[bool]) -> int:
+        """How many of the latest readings in a row were idle (at most ``scans``)."""
+        count = 0
+        for idle in newest_first[: self.scans]:
+            if not idle:
+                break
+            count += 1
+        return count
 
     def held(self, newest_first: Sequence[bool]) -> bool:
         """Idle over the last ``scans`` readings (``newest_first``: instant judgements)."""
-        recent = list(newest_first[: self.scans])
-        return len(recent) >= self.scans and all(recent)
+        return self.streak(newest_first) >= self.scans
+
+    def describe(self) -> str:
+        """The rule in words, for ``--help`` and messages."""
+        return (
+            f"utilisation < {self.utilization:g}%, memory < {self.memory_percent:g}% and no "
+            f"compute process in each of the last {self.scans} scans"
+        )

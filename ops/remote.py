@@ -4,7 +4,9 @@ A server vfleet starts lives in the tmux session ``vfleet-<port>`` on its host, 
 session options ``@vfleet_model`` and ``@vfleet_expires`` saying what it serves and until
 when. The command comes from a template (``VFLEET_SERVE_COMMAND``) with ``{model}``,
 ``{port}``, ``{gpus}``, ``{tp}``, ``{extra}`` and ``{python}``; every value is shell-quoted
-(``shlex.quote``) or checked to be digits, so no argument can run a command of its own.
+(``shlex.quote``) or checked to be digits, so no argument can run a command of its own. A
+quoted value is a word of its own only outside quotes, so a template that puts a
+placeholder inside quotes (``"{model}"``, where ``$(...)`` would run) is refused.
 
 A lifetime wraps the command in ``timeout`` inside the session: it ends when the lifetime
 does, whether or not vfleet is still running. Output goes to the pane and to
@@ -16,15 +18,16 @@ from __future__ import annotations
 import logging
 import re
 import shlex
+import string
 import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from ops.endpoint import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, models_url, read_models
 from ops.errors import OpsError
 from ops.ssh.errors import SSHConnectError
 from ops.ssh.pool import CommandResult, SSHPool
-from ops.vllm_probe import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, read_models
 
 logger = logging.getLogger(__name__)
 
@@ -167,11 +170,45 @@ def session_name(port: int) -> str:
     return f"{SESSION_PREFIX}{port}"
 
 
+def quoted_placeholders(template: str) -> list[tuple[str, str]]:
+    """``(placeholder, "single" or "double")`` for each placeholder of ``template`` that
+    sits inside shell quotes (a backslash escapes the next character outside single quotes).
+
+    Raises :class:`RemoteArgumentError` when ``template`` is not a format string.
+    """
+    try:
+        parts = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise RemoteArgumentError(f"bad serve command template {template!r}: {e}") from e
+    state, escaped, found = "", False, []
+    for literal, field, _spec, _conv in parts:
+        for ch in literal:
+            if escaped:
+                escaped = False
+            elif ch == "\\" and state != "'":
+                escaped = True
+            elif state == "" and ch in "'\"":
+                state = ch
+            elif ch == state:
+                state = ""
+        if field is not None and state:
+            found.append((field, "single" if state == "'" else "double"))
+    return found
+
+
 def render_command(template: str, spec: ServeSpec, *, python: str = sys.executable) -> str:
     """The server's shell command: ``template`` with every value quoted.
 
-    Raises :class:`RemoteArgumentError` for a placeholder the template may not use.
+    Raises :class:`RemoteArgumentError` for a placeholder the template may not use, or one
+    it puts inside quotes (where a quoted value is not one literal word).
     """
+    inside = quoted_placeholders(template)
+    if inside:
+        field, kind = inside[0]
+        raise RemoteArgumentError(
+            f"bad serve command template: {{{field}}} is inside {kind} quotes, where a value "
+            f"could run commands of its own; write it bare (vfleet quotes every value)"
+        )
     values = {
         "model": shlex.quote(spec.model),
         "port": str(spec.port),
@@ -187,6 +224,12 @@ def render_command(template: str, spec: ServeSpec, *, python: str = sys.executab
         raise RemoteArgumentError(
             f"bad serve command template {template!r}: {e} (placeholders: {names})"
         ) from e
+
+
+def tmux_literal(value: str) -> str:
+    """``value`` as tmux reads it back from its command line: tmux takes an argument's
+    trailing ``;`` as the end of a command unless it is written ``\\;``."""
+    return value[:-1] + "\\;" if value.endswith(";") else value
 
 
 def tmux(socket: str | None) -> str:
@@ -215,7 +258,7 @@ def launch_command(
     return (
         f'mkdir -p "{LOG_DIR}" && {no_tmux_guard()}'
         f"{t} new-session -d -s {spec.session} {shlex.quote(script)} \\; "
-        f"set-option -t {target} @vfleet_model {shlex.quote(spec.model)} \\; "
+        f"set-option -t {target} @vfleet_model {shlex.quote(tmux_literal(spec.model))} \\; "
         f"set-option -t {target} @vfleet_expires {shlex.quote(expires)}"
     )
 
@@ -341,7 +384,7 @@ class RemoteServers:
             lambda h, p: self.pool.open_channel(host, h, p), timeout=self.http_timeout
         )
         try:
-            return read_models(http.get(f"http://{SERVER_HOST}:{port}/v1/models"))[0] or ""
+            return read_models(http.get(models_url(f"http://{SERVER_HOST}:{port}/v1")))[0] or ""
         except ProbeError:
             return None
 

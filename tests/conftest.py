@@ -18,7 +18,7 @@ _RUN_MARKER = leftovers.mark_this_run()
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail the run if a process it started (a server, a worker, a command run through the
     test sshd) is still alive once every fixture was torn down; then kill it."""
-    found = leftovers.wait_for_leftovers(_RUN_MARKER)
+    found = leftovers.reported() + leftovers.wait_for_leftovers(_RUN_MARKER)
     if not found:
         return
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")

@@ -20,13 +20,6 @@ MARKER = "PYTEST_VFLEET_RUN"
 """Not VFLEET_-prefixed: tests that clear every VFLEET_ variable must keep it."""
 
 
-def mark_this_run() -> str:
-    """Put a fresh marker in this process's environment; returns it."""
-    value = uuid.uuid4().hex
-    os.environ[MARKER] = value
-    return value
-
-
 @dataclass(frozen=True)
 class Leftover:
     pid: int
@@ -34,6 +27,25 @@ class Leftover:
 
     def __str__(self) -> str:
         return f"pid {self.pid}: {self.cmdline[:200]}"
+
+
+_reported: list[Leftover] = []
+
+
+def report(proc: psutil.Process, *, where: str) -> None:
+    """Record a leak that a fixture found and ended itself (the final check fails on it)."""
+    _reported.append(Leftover(proc.pid, f"{' '.join(proc.cmdline())} ({where})"))
+
+
+def reported() -> list[Leftover]:
+    return list(_reported)
+
+
+def mark_this_run() -> str:
+    """Put a fresh marker in this process's environment; returns it."""
+    value = uuid.uuid4().hex
+    os.environ[MARKER] = value
+    return value
 
 
 def _carries(proc: psutil.Process, needle: bytes) -> bool:

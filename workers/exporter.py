@@ -230,7 +230,7 @@ class LedgerCollector(Collector):
     def _vllm(self, now: datetime) -> list[Metric]:
         labels = ["instance", "model"]
         families = {
-            "healthy": _gauge("vllm_healthy", "1 when the instance answered /health.", labels),
+            "healthy": _gauge("vllm_healthy", "1 when the instance is up (health rule).", labels),
             "running": _gauge("vllm_requests_running", "Requests the engine runs.", labels),
             "waiting": _gauge("vllm_requests_waiting", "Requests waiting for a slot.", labels),
             "kv_cache_usage": _gauge("vllm_kv_cache_usage_ratio", "KV cache in use (0-1).", labels),

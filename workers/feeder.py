@@ -14,7 +14,6 @@ them and one does the work.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -26,6 +25,7 @@ import redis
 from workers.broker import live_messages, queue_length
 from workers.dispatch import Dispatcher, live_targets
 from workers.fleet import Fleet
+from workers.health import is_down
 from workers.hedging import Running, medians, pick_hedges
 from workers.keys import FEED_LOCK, RECONCILE_LOCK, health_key, hedged_key
 from workers.locks import RoundLock, process_token
@@ -82,15 +82,11 @@ class Feeder:
         if not names:
             return frozenset()
         reports = self.redis.mget([health_key(n) for n in names])
-        down = set()
-        for name, raw in zip(names, reports, strict=True):  # type: ignore[arg-type]
-            try:
-                state = json.loads(raw) if raw is not None else None
-            except ValueError:
-                continue
-            if isinstance(state, dict) and state.get("healthy") is False:
-                down.add(name)
-        return frozenset(down)
+        return frozenset(
+            name
+            for name, raw in zip(names, reports, strict=True)  # type: ignore[arg-type]
+            if is_down(raw)
+        )
 
     def _locked(self, name: str) -> RoundLock:
         # Per thread too: two threads of one process must not both get in.

@@ -1,31 +1,97 @@
-"""Is this worker's instance up? ``/health`` probes plus what the calls themselves saw.
+"""Is this worker's instance up? One rule, one gate, one record format.
 
-vLLM answers ``/health`` with 200 when ready and 503 when its engine is dead; a refused
-connection or a timeout means the server is gone. Endpoints without ``/health`` (404, as
-on hosted APIs) are taken as up: only calls failing can close their gate then.
+* The rule is :func:`ops.endpoint.check_health`'s (``/health``, or ``/v1/models`` for
+  endpoints without one; refused connections and timeouts count as down), shared with the
+  vLLM scan.
+* :class:`HealthGate` turns observations into an open or closed gate: its own probes and
+  failed calls (:meth:`HealthGate.report_failure`) alike. Every flip, whichever path caused
+  it, goes to the gate's listeners: the worker logs ``instance X is DOWN`` and stops
+  consuming its queues there (:mod:`workers.worker_main`).
+* The Redis health key (:func:`workers.keys.health_key`) is written by
+  :func:`health_record` and read by :func:`read_health` / :func:`is_down`, whoever writes
+  (the worker, the scan) and whoever reads (the feeder, the views).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import httpx2
+
+from ops.endpoint import HttpClient, HttpResponse, ProbeError, auth_headers, check_health
+from ops.urls import mask_url
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_PROBE_TIMEOUT = 2.0
 DEFAULT_FAILURES_TO_CLOSE = 2
 DEFAULT_SUCCESSES_TO_OPEN = 2
+SOURCE_WORKER = "worker"
+SOURCE_SCAN = "scan"
+_DETAIL_LEN = 300
 
 
-def health_url(base_url: str) -> str:
-    """``http://h:p/v1`` → ``http://h:p/health`` (vLLM serves it at the root)."""
-    root = base_url.rstrip("/")
-    root = root.removesuffix("/v1")
-    return f"{root}/health"
+# -- the record in Redis -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """One instance's latest health as someone reported it."""
+
+    healthy: bool
+    checked_at: float
+    error: str | None = None
+    source: str | None = None
+
+
+def health_record(
+    healthy: bool, error: str | None, *, source: str, checked_at: float | None = None
+) -> str:
+    """The JSON stored under the health key: ``{"healthy", "checked_at", "error", "source"}``
+    (``error`` None when healthy, ``checked_at`` in epoch seconds)."""
+    return json.dumps(
+        {
+            "healthy": bool(healthy),
+            "checked_at": time.time() if checked_at is None else checked_at,
+            "error": None if healthy else mask_url(error or "unhealthy")[:_DETAIL_LEN],
+            "source": source,
+        }
+    )
+
+
+def read_health(raw: bytes | str | None) -> HealthReport | None:
+    """The report in a health key's value; None when there is none or it is unreadable."""
+    if raw is None:
+        return None
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("healthy"), bool):
+        return None
+    checked = data.get("checked_at")
+    error, source = data.get("error"), data.get("source")
+    return HealthReport(
+        data["healthy"],
+        float(checked) if isinstance(checked, int | float) else 0.0,
+        error if isinstance(error, str) else None,
+        source if isinstance(source, str) else None,
+    )
+
+
+def is_down(raw: bytes | str | None) -> bool:
+    """True when a health key's value says down; no report (or an unreadable one) is not
+    taken as down."""
+    report = read_health(raw)
+    return report is not None and not report.healthy
+
+
+# -- the gate ------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -34,27 +100,63 @@ class Probe:
     detail: str
 
 
+GateListener = Callable[[bool, Probe], None]
+"""Called with (up, the observation that flipped the gate), in the observing thread."""
+
+
+class HttpxHttp:
+    """:class:`ops.endpoint.HttpClient` on a pooled ``httpx2.Client``: probing every second
+    reuses one connection instead of opening (and for HTTPS, handshaking) a new one."""
+
+    def __init__(self, client: httpx2.Client) -> None:
+        self.client = client
+
+    def get(self, url: str, *, headers: Mapping[str, str] | None = None) -> HttpResponse:
+        try:
+            resp = self.client.get(url, headers=dict(headers or {}))
+        except httpx2.HTTPError as e:
+            first = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
+            raise ProbeError(f"{mask_url(url)}: {first}") from e
+        return HttpResponse(resp.status_code, resp.text)
+
+    def close(self) -> None:
+        self.client.close()
+
+
 class HealthGate:
-    """A small state machine: ``failures_to_close`` bad probes close the gate,
-    ``successes_to_open`` good ones open it again. Thread-safe."""
+    """A small state machine: ``failures_to_close`` bad observations in a row close the
+    gate, ``successes_to_open`` good ones open it again. Thread-safe.
+
+    Observations come from :meth:`step` (a probe by the rule) and from
+    :meth:`report_failure` (a call that failed as if the server were gone); listeners hear
+    of every flip either way.
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
-        http_client: httpx2.Client | None = None,
+        api_key: str | None = None,
+        http_client: HttpClient | None = None,
         timeout: float = DEFAULT_PROBE_TIMEOUT,
         failures_to_close: int = DEFAULT_FAILURES_TO_CLOSE,
         successes_to_open: int = DEFAULT_SUCCESSES_TO_OPEN,
     ) -> None:
-        self.url = health_url(base_url)
-        self._http = http_client or httpx2.Client(timeout=timeout)
+        self.base_url = base_url
+        self._headers = auth_headers(api_key)
+        self._own_http = http_client is None
+        self._http = http_client or HttpxHttp(httpx2.Client(timeout=timeout))
         self.failures_to_close = failures_to_close
         self.successes_to_open = successes_to_open
         self._lock = threading.Lock()
+        self._notify_lock = threading.Lock()
+        self._flips = 0
+        self._notified = 0
         self._open = True
         self._bad = 0
         self._good = 0
+        self._listeners: list[GateListener] = []
+        self._down_detail = ""
         self.last = Probe(True, "not probed yet")
         self.changed_at = time.monotonic()
 
@@ -63,43 +165,73 @@ class HealthGate:
         with self._lock:
             return self._open
 
+    def add_listener(self, listener: GateListener) -> None:
+        """Call ``listener(up, probe)`` on every flip from now on."""
+        with self._lock:
+            self._listeners.append(listener)
+
     def probe(self) -> Probe:
-        """One GET of ``/health``."""
-        try:
-            resp = self._http.get(self.url)
-        except httpx2.HTTPError as e:
-            return Probe(False, f"{e.__class__.__name__}: {e}".splitlines()[0][:200])
-        if resp.status_code == 404:
-            return Probe(True, "no /health endpoint")
-        if resp.status_code >= 500:
-            return Probe(False, f"/health answered {resp.status_code}")
-        return Probe(True, f"/health answered {resp.status_code}")
+        """One look by the health rule."""
+        verdict = check_health(self._http, self.base_url, headers=self._headers)
+        return Probe(verdict.healthy, verdict.detail)
 
     def observe(self, probe: Probe) -> bool | None:
         """Feed one observation; returns the new state when the gate flips, else None."""
         with self._lock:
             self.last = probe
-            if probe.healthy:
-                self._good, self._bad = self._good + 1, 0
-                if not self._open and self._good >= self.successes_to_open:
-                    self._open = True
-                    self.changed_at = time.monotonic()
-                    return True
-            else:
-                self._bad, self._good = self._bad + 1, 0
-                if self._open and self._bad >= self.failures_to_close:
-                    self._open = False
-                    self.changed_at = time.monotonic()
-                    return False
-            return None
+            flipped = self._count(probe)
+            if flipped is None:
+                return None
+            self._flips += 1
+            flip = self._flips
+        self._notify(flip, flipped, probe)
+        return flipped
+
+    def _notify(self, flip: int, up: bool, probe: Probe) -> None:
+        # Observers run in many threads (tasks, the housekeeper): listeners hear flips one
+        # at a time and never an older one after a newer, so the last word is the state.
+        with self._notify_lock:
+            if flip <= self._notified:
+                return
+            self._notified = flip
+            with self._lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                try:
+                    listener(up, probe)
+                except Exception:  # a listener's failure must not fail the call that observed
+                    logger.exception("health gate listener failed")
+
+    def _count(self, probe: Probe) -> bool | None:
+        if probe.healthy:
+            self._good, self._bad = self._good + 1, 0
+            if not self._open and self._good >= self.successes_to_open:
+                self._open = True
+                self.changed_at = time.monotonic()
+                return True
+        else:
+            self._bad, self._good = self._bad + 1, 0
+            self._down_detail = probe.detail
+            if self._open and self._bad >= self.failures_to_close:
+                self._open = False
+                self.changed_at = time.monotonic()
+                return False
+        return None
 
     def step(self) -> bool | None:
         """Probe and observe; returns the new state if it changed."""
         return self.observe(self.probe())
 
     def report_failure(self, detail: str) -> bool | None:
-        """A call to the instance failed as if it were down (refused, reset, 503)."""
+        """A call to the instance failed as if it were down (refused, reset)."""
         return self.observe(Probe(False, detail))
 
+    def record(self) -> str:
+        """The gate's state as a health-key value (:func:`health_record`)."""
+        with self._lock:
+            up, why = self._open, self._down_detail
+        return health_record(up, None if up else why, source=SOURCE_WORKER)
+
     def close(self) -> None:
-        self._http.close()
+        if self._own_http and isinstance(self._http, HttpxHttp):
+            self._http.close()

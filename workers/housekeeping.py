@@ -7,7 +7,6 @@ extra process, and beat's ``vfleet.reconcile`` is a second line of defence.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -15,8 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis
+from redis.exceptions import RedisError
 
 from workers.feeder import Feeder
+from workers.health import HealthGate
 from workers.keys import health_key
 from workers.runtime import WorkerRuntime
 
@@ -43,13 +44,11 @@ class Housekeeper(threading.Thread):
         runtime: WorkerRuntime,
         feeder: Feeder,
         redis_client: redis.Redis,
-        on_gate_change: Callable[[bool], None],
     ) -> None:
         super().__init__(name="vfleet-housekeeper", daemon=True)
         self.runtime = runtime
         self.feeder = feeder
         self.redis = redis_client
-        self.on_gate_change = on_gate_change
         self._stop_event = threading.Event()
         s = runtime.settings
         self.jobs = [
@@ -67,23 +66,23 @@ class Housekeeper(threading.Thread):
             self.jobs.insert(0, _Job("health", s.health_interval, self.check_health))
 
     def check_health(self) -> None:
+        """Probe the instance and publish the gate's state (a flip is the gate listeners'
+        business: :mod:`workers.worker_main` logs it and changes the queues consumed)."""
         gate = self.runtime.gate
         if gate is None:
             return
-        flipped = gate.step()
-        name = self.runtime.instance.name
-        state = {
-            "healthy": gate.healthy,
-            "checked_at": time.time(),
-            "error": None if gate.last.healthy else gate.last.detail,
-        }
-        ttl = max(1, int(self.runtime.settings.health_interval * HEALTH_TTL_INTERVALS))
-        self.redis.set(health_key(name), json.dumps(state), ex=ttl)
-        if flipped is not None:
-            logger.warning(
-                "instance %s is %s (%s)", name, "up" if flipped else "DOWN", gate.last.detail
-            )
-            self.on_gate_change(flipped)
+        gate.step()
+        self.publish_health()
+
+    def publish_health(self) -> None:
+        """Write the gate's state to the instance's health key (for the feeder and views)."""
+        gate = self.runtime.gate
+        if gate is not None:
+            publish_gate(self.redis, self.runtime.instance.name, gate, self.health_ttl)
+
+    @property
+    def health_ttl(self) -> int:
+        return max(1, int(self.runtime.settings.health_interval * HEALTH_TTL_INTERVALS))
 
     def run(self) -> None:
         while not self._stop_event.is_set():
@@ -102,3 +101,13 @@ class Housekeeper(threading.Thread):
         self._stop_event.set()
         if self.is_alive():
             self.join(timeout)
+
+
+def publish_gate(client: redis.Redis, instance: str, gate: HealthGate, ttl: int) -> bool:
+    """SET the instance's health key from ``gate``; False (logged) when Redis is away."""
+    try:
+        client.set(health_key(instance), gate.record(), ex=ttl)
+    except RedisError as e:
+        logger.warning("instance %s: could not publish health: %s", instance, e)
+        return False
+    return True

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ops.endpoint import DEFAULT_HTTP_TIMEOUT
 from ops.gpu import DEFAULT_IDLE_MEMORY, DEFAULT_IDLE_SCANS, DEFAULT_IDLE_UTILIZATION, IdleRule
 from ops.ssh.defaults import (
     DEFAULT_COMMAND_TIMEOUT,
@@ -21,7 +22,6 @@ from ops.ssh.defaults import (
     DEFAULT_PARALLELISM,
     DEFAULT_SSH_CONFIG,
 )
-from ops.vllm_probe import DEFAULT_HTTP_TIMEOUT
 from workers.errors import ConfigError
 
 DEFAULT_GPU_SCAN_INTERVAL = 30.0
@@ -32,6 +32,7 @@ DEFAULT_SNAPSHOT_RETENTION = 7 * 24 * 3600.0
 DEFAULT_BEAT_LOCK_TTL = 30.0
 DEFAULT_SCAN_CONCURRENCY = 4
 DEFAULT_HISTORY = 20
+DEFAULT_RATE_WINDOW = 60.0
 HEALTH_TTL_FACTOR = 3
 
 
@@ -51,6 +52,8 @@ class MonitorSettings(BaseSettings):
     ssh_parallelism: int = Field(DEFAULT_PARALLELISM, ge=1, le=256)
     ssh_agent: bool = True
     http_timeout: float = Field(DEFAULT_HTTP_TIMEOUT, gt=0)
+    # Token rates are measured over at most this many seconds of recent snapshots.
+    rate_window: float = Field(DEFAULT_RATE_WINDOW, gt=0)
     # A server on a host's loopback (instance with ``host`` and a 127.0.0.1 / localhost
     # base_url) is probed through an SSH channel to that host.
     scan_tunnel_loopback: bool = True

@@ -7,13 +7,14 @@ directory is read too. CLI flags override settings; settings override the fleet 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Re-exported: the one URL-masking function, where the settings code always found it.
+from ops.urls import mask_url as mask_url
 from workers.errors import ConfigError
 
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -37,13 +38,6 @@ DEFAULT_SHUTDOWN_GRACE = 25.0
 DEFAULT_HEDGE_AFTER = 3.0
 # One task may send this many requests: a pairwise swap, each with re-asks.
 REQUESTS_PER_TASK_BOUND = 4
-
-_URL_PASSWORD = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:/@]*):(?P<pw>[^@/]*)@")
-
-
-def mask_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***`` (for logs and ``config show``)."""
-    return _URL_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:***@", url)
 
 
 class Settings(BaseSettings):

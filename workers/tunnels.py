@@ -15,9 +15,10 @@ from types import TracebackType
 from urllib.parse import urlsplit, urlunsplit
 
 from ops.discover import REMOTE_LISTENERS_COMMAND, discover, parse_listeners, parse_ports
+from ops.endpoint import ChannelHttp
 from ops.ssh.pool import SSHPool
 from ops.tunnels.supervisor import DEFAULT_CHECK_INTERVAL, SupervisedTunnel
-from ops.vllm_probe import ChannelHttp
+from ops.urls import mask_url
 from workers.errors import ConfigError
 from workers.fleet import Fleet, InstanceConfig
 from workers.monitor_settings import MonitorSettings, build_monitor_settings
@@ -45,7 +46,9 @@ def via_target(inst: InstanceConfig) -> ViaTarget:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError as e:
-        raise ConfigError(f"instance {inst.name}: bad port in base_url {inst.base_url}") from e
+        raise ConfigError(
+            f"instance {inst.name}: bad port in base_url {mask_url(inst.base_url)}"
+        ) from e
     return ViaTarget(inst.name, inst.via, parts.hostname or "127.0.0.1", port, inst.model)
 
 
@@ -129,9 +132,9 @@ class InstanceTunnel:
         logger.info(
             "instance %s: %s via %s as %s (%s)",
             self.original.name,
-            self.original.base_url,
+            mask_url(self.original.base_url),
             self.supervised.alias,
-            url,
+            mask_url(url),
             status.state,
         )
         return self

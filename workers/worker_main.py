@@ -13,18 +13,21 @@ import logging
 import os
 import socket
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from celery import signals
+from celery import Celery, signals
 
 from workers.broker import redis_client as broker_client
 from workers.celery_app import create_app, install_runtime
 from workers.dispatch import Dispatcher
+from workers.errors import ConfigError
 from workers.feeder import Feeder
 from workers.fleet import Fleet, InstanceConfig
-from workers.health import HealthGate
+from workers.health import GateListener, HealthGate, Probe
 from workers.housekeeping import Housekeeper
 from workers.llm import LLMClient
+from workers.provenance import InstanceProvenance
 from workers.queues import instance_queue, shared_queue
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
@@ -75,25 +78,22 @@ def run_worker(
     client = LLMClient(
         served, timeout=settings.request_timeout, connect_timeout=settings.connect_timeout
     )
+    gate = HealthGate(served.base_url, api_key=_api_key(served))
     runtime = WorkerRuntime(
-        settings, inst, ledger, client, gate=HealthGate(served.base_url), worker_name=hostname
+        settings,
+        inst,
+        ledger,
+        client,
+        gate=gate,
+        worker_name=hostname,
+        provenance=InstanceProvenance(provenance_instance(inst, served)),
     )
     install_runtime(app, runtime)
     queues = [shared_queue(inst.model), instance_queue(inst.name)]
     redis_client = broker_client(settings.broker_url)
-
-    def on_gate_change(up: bool) -> None:
-        # Broadcast to ourselves: the consumer changes queues in its own thread.
-        for queue in queues:
-            if up:
-                app.control.add_consumer(queue, destination=[hostname], reply=False)
-            else:
-                app.control.cancel_consumer(queue, destination=[hostname], reply=False)
-
     keeper = Housekeeper(
         runtime=runtime,
         redis_client=redis_client,
-        on_gate_change=on_gate_change,
         feeder=Feeder(
             ledger=ledger,
             dispatcher=Dispatcher(app),
@@ -102,6 +102,7 @@ def run_worker(
             settings=settings,
         ),
     )
+    gate.add_listener(consumer_switch(app, inst.name, hostname, queues, keeper.publish_health))
     _connect_signals(runtime, keeper)
     app.worker_main(
         [
@@ -117,6 +118,45 @@ def run_worker(
     )
     if tunnel is not None:
         tunnel.close()
+
+
+def provenance_instance(inst: InstanceConfig, served: InstanceConfig) -> InstanceConfig:
+    """The instance provenance asks: where this worker reaches it (a ``via`` instance's
+    tunnel), named after the host it runs on rather than the tunnel's local end."""
+    if served is inst:
+        return inst
+    return served.model_copy(update={"host": inst.host or inst.via})
+
+
+def _api_key(inst: InstanceConfig) -> str | None:
+    try:
+        return inst.api_key()
+    except ConfigError:
+        return None  # the calls themselves fail with the reason
+
+
+def consumer_switch(
+    app: Celery,
+    instance: str,
+    hostname: str,
+    queues: list[str],
+    publish: Callable[[], object],
+) -> GateListener:
+    """The gate listener of an instance worker: a closed gate (its probe or failed calls,
+    whichever closed it) stops consuming ``queues``, an open one consumes them again; the
+    flip is logged and published to the health key at once."""
+
+    def switch(up: bool, probe: Probe) -> None:
+        logger.warning("instance %s is %s (%s)", instance, "up" if up else "DOWN", probe.detail)
+        publish()
+        # Broadcast to ourselves: the consumer changes queues in its own thread.
+        for queue in queues:
+            if up:
+                app.control.add_consumer(queue, destination=[hostname], reply=False)
+            else:
+                app.control.cancel_consumer(queue, destination=[hostname], reply=False)
+
+    return switch
 
 
 def _connect_signals(runtime: WorkerRuntime, keeper: Housekeeper) -> None:

@@ -3,11 +3,14 @@
     OpsError
     └── SSHError                 anything that went wrong talking to a host over SSH
         ├── HostKeyError         unknown or changed host key (refused, never retried)
-        ├── SSHConnectError      refused, unreachable, authentication failed, connection lost
-        ├── SSHTimeoutError      connect, banner, auth or command outlived its timeout
+        ├── SSHConnectError      refused, unreachable, connection lost
+        │   └── SSHAuthError     the host answered and refused our key (or it needs a passphrase)
+        ├── SSHTimeoutError      connect, banner or auth outlived its timeout
+        │   └── CommandTimeoutError  the command outlived its timeout and was killed on the host
         └── RemoteCommandError   the command ran but cannot be used (carries exit status)
 
-Each carries ``host``, the alias it is about, so a per-host result can say which one failed.
+Each carries ``host``, the alias it is about, so a per-host result can say which one failed,
+and ``state``, a short word for what a listing shows (``unreachable``, ``host-key``, ...).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from ops.errors import OpsError
 class SSHError(OpsError):
     """Talking to ``host`` over SSH failed."""
 
+    state = "error"
+
     def __init__(self, host: str, message: str) -> None:
         super().__init__(f"{host}: {message}")
         self.host = host
@@ -27,13 +32,32 @@ class SSHError(OpsError):
 class HostKeyError(SSHError):
     """The host's key is unknown (and accepting new keys is off) or does not match."""
 
+    state = "host-key"
+
 
 class SSHConnectError(SSHError):
-    """Could not connect, authenticate, or keep the connection."""
+    """Could not connect, or keep the connection."""
+
+    state = "unreachable"
+
+
+class SSHAuthError(SSHConnectError):
+    """The host answered but would not let us in."""
+
+    state = "auth"
 
 
 class SSHTimeoutError(SSHError):
-    """Something on this host took longer than its timeout."""
+    """Connecting to this host took longer than its timeout."""
+
+    state = "unreachable"
+
+
+class CommandTimeoutError(SSHTimeoutError):
+    """The host answered, but the command did not finish in time; it was stopped there
+    (coreutils ``timeout``), so nothing of it outlives the call."""
+
+    state = "timeout"
 
 
 class RemoteCommandError(SSHError):

@@ -10,12 +10,19 @@
 One connection per alias, reused across scans; a dead connection is replaced on next use.
 Each host's work runs in a thread of a bounded pool, and every step on it (TCP connect,
 banner, auth, command) has a timeout, so a dead or silent host never holds up the others.
+
+A command is bounded on the host itself too: it runs under coreutils ``timeout`` (TERM at
+the command timeout, KILL ``kill_after`` seconds later), because closing the SSH channel
+does not stop a command that never writes (a hung ``nvidia-smi``): without it, every scan of
+such a host would leave its processes behind.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import select
+import shlex
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -31,9 +38,16 @@ from ops.ssh.defaults import (
     DEFAULT_COMMAND_TIMEOUT,
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_KEEPALIVE,
+    DEFAULT_KILL_AFTER,
     DEFAULT_PARALLELISM,
 )
-from ops.ssh.errors import SSHConnectError, SSHError, SSHTimeoutError
+from ops.ssh.errors import (
+    CommandTimeoutError,
+    RemoteCommandError,
+    SSHConnectError,
+    SSHError,
+    SSHTimeoutError,
+)
 from ops.ssh.hostkeys import KnownHosts
 from ops.ssh.translate import translate
 
@@ -42,6 +56,20 @@ logger = logging.getLogger(__name__)
 _MAX_JUMPS = 8
 _POLL = 0.05
 _READ = 65536
+# What coreutils timeout exits with: the command timed out (TERM), or it had to be KILLed.
+TIMED_OUT_STATUSES = (124, 137)
+NOT_FOUND_STATUS = 127
+# The client waits this much longer than the host's own bound before giving up itself.
+_CLIENT_MARGIN = 2.0
+_NO_TIMEOUT_BINARY = re.compile(r"\btimeout: (command )?not found")
+
+
+def bounded(command: str, seconds: float, kill_after: float = DEFAULT_KILL_AFTER) -> str:
+    """``command`` as the host runs it: under ``timeout``, in a POSIX sh (whatever the login
+    shell), its whole process group TERMed after ``seconds`` and KILLed ``kill_after``
+    seconds later."""
+    return f"timeout -k {kill_after:g} {seconds:g} sh -c {shlex.quote(command)}"
+
 
 T = TypeVar("T")
 
@@ -82,6 +110,7 @@ class SSHPool:
         hosts: Mapping[str, HostOverrides] | None = None,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         command_timeout: float = DEFAULT_COMMAND_TIMEOUT,
+        kill_after: float = DEFAULT_KILL_AFTER,
         keepalive: int = DEFAULT_KEEPALIVE,
         parallelism: int = DEFAULT_PARALLELISM,
         allow_agent: bool = True,
@@ -91,6 +120,7 @@ class SSHPool:
         self.hosts = dict(hosts or {})
         self.connect_timeout = connect_timeout
         self.command_timeout = command_timeout
+        self.kill_after = kill_after
         self.keepalive = keepalive
         self.parallelism = max(1, parallelism)
         self.allow_agent = allow_agent
@@ -209,14 +239,30 @@ class SSHPool:
     # -- operations ----------------------------------------------------------------------
 
     def run(self, alias: str, command: str, *, timeout: float | None = None) -> CommandResult:
-        """Run ``command`` on ``alias``; return its output whatever its exit status.
+        """Run ``command`` on ``alias`` (bounded there, see :func:`bounded`); return its
+        output whatever its exit status.
 
-        Raises :class:`SSHError`: connect, host key, or timeout (``timeout`` seconds for the
-        command itself, default ``command_timeout``).
+        Raises :class:`SSHError`: connect, host key; :class:`CommandTimeoutError` when the
+        command outlived ``timeout`` seconds (default ``command_timeout``) and was stopped
+        on the host; :class:`RemoteCommandError` when the host has no ``timeout`` command.
         """
         limit = self.command_timeout if timeout is None else timeout
         env = dict(self.target(alias).environment)
-        return self._with_reconnect(alias, lambda c: _exec(c, alias, command, limit, env))
+        line = bounded(command, limit, self.kill_after)
+        wait = limit + self.kill_after + _CLIENT_MARGIN
+        result = self._with_reconnect(alias, lambda c: _exec(c, alias, line, wait, env))
+        if result.exit_status in TIMED_OUT_STATUSES and result.elapsed >= limit * 0.9:
+            raise CommandTimeoutError(
+                alias, f"command did not finish in {limit:g}s; stopped on the host"
+            )
+        if result.exit_status == NOT_FOUND_STATUS and _NO_TIMEOUT_BINARY.search(result.stderr):
+            raise RemoteCommandError(
+                alias,
+                "coreutils `timeout` is not installed there (it bounds every remote command)",
+                exit_status=result.exit_status,
+                stderr=result.stderr,
+            )
+        return result
 
     def open_channel(self, alias: str, host: str, port: int) -> paramiko.Channel:
         """A socket-like channel to ``host:port`` as seen from ``alias`` (direct-tcpip)."""
@@ -338,7 +384,8 @@ def _drain(
         elif chan.closed:
             raise SSHConnectError(alias, "channel closed before the command exited")
         elif time.monotonic() > deadline:
-            raise SSHTimeoutError(alias, f"command did not finish in {timeout:g}s")
+            # The host's own bound should have ended it by now: the host stopped answering.
+            raise SSHTimeoutError(alias, f"no answer from the host within {timeout:g}s")
         else:
             try:
                 select.select([chan], [], [], _POLL)

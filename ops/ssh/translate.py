@@ -8,7 +8,7 @@ from pathlib import Path
 import paramiko
 
 from ops.ssh.config import SSHTarget
-from ops.ssh.errors import HostKeyError, SSHConnectError, SSHError, SSHTimeoutError
+from ops.ssh.errors import HostKeyError, SSHAuthError, SSHConnectError, SSHError, SSHTimeoutError
 from ops.ssh.hostkeys import UnknownHostKey, describe_changed
 
 
@@ -29,9 +29,9 @@ def translate(
     if isinstance(e, paramiko.BadHostKeyException):
         return HostKeyError(alias, describe_changed(target.known_hosts_name, e, known_hosts))
     if isinstance(e, paramiko.PasswordRequiredException):
-        return SSHConnectError(alias, f"{where}: key needs a passphrase; load it into ssh-agent")
+        return SSHAuthError(alias, f"{where}: key needs a passphrase; load it into ssh-agent")
     if isinstance(e, paramiko.AuthenticationException):
-        return SSHConnectError(alias, f"{where}: authentication failed ({e})")
+        return SSHAuthError(alias, f"{where}: authentication failed ({e})")
     if isinstance(e, socket.timeout | TimeoutError):
         return SSHTimeoutError(alias, f"{where}: no answer within {timeout:g}s")
     if isinstance(e, paramiko.SSHException) and (

@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from types import TracebackType
 
+from ops.endpoint import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, models_url, read_models
 from ops.ssh.errors import SSHError
 from ops.ssh.pool import SSHPool
 from ops.tunnels.forward import Tunnel
-from ops.vllm_probe import DEFAULT_HTTP_TIMEOUT, ChannelHttp, ProbeError, read_models
 
 logger = logging.getLogger(__name__)
 
@@ -177,9 +177,9 @@ class SupervisedTunnel:
             self._backoff = min(self._backoff * 2, self.backoff_max)
             return delay
         self._backoff = self.backoff_initial
-        root = f"http://{self.remote_host}:{self.remote_port}"
+        base = f"http://{self.remote_host}:{self.remote_port}/v1"
         try:
-            model, _ = read_models(self._http.get(f"{root}/v1/models"))
+            model, _ = read_models(self._http.get(models_url(base)))
         except ProbeError as e:
             self._set(SERVER_GONE, self._status.model, str(e))
         else:

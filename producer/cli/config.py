@@ -9,13 +9,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ops.urls import mask_url
 from producer.context import Context
 
 
 def _effective(ctx: Context) -> dict[str, Any]:
     ctx.fleet_required = False
     fleet = ctx.fleet
-    instances = [i.model_dump(mode="json") for i in fleet.instances]
+    # An instance's base_url may carry credentials (https://user:key@proxy/v1).
+    instances = [
+        {**i.model_dump(mode="json"), "base_url": mask_url(i.base_url)} for i in fleet.instances
+    ]
     return {
         "settings": ctx.settings.public_dict(),
         "fleet": {

@@ -4,6 +4,15 @@ Credentials come from ``VFLEET_FLOWER_USER`` / ``VFLEET_FLOWER_PASSWORD`` or fro
 ``--basic-auth-file`` (``user:password`` lines). Without them Flower does not start, unless
 it listens on loopback only and ``--no-auth`` says so; even then its HTTP API stays closed
 (Flower opens it only with ``FLOWER_UNAUTHENTICATED_API``, which we drop).
+
+Two things Flower does not do on its own here:
+
+* its ``/metrics`` (Prometheus: worker names, task counts) is open to anyone; here it needs
+  the same credentials as the rest (:func:`guard_metrics`);
+* its broker page and ``/api/queues/length`` pick a broker client by the scheme of the URL
+  kombu prints, which for vfleet's own Redis transport class is that class's import path
+  ("'redis' broker is not supported"); Flower's process gets kombu's transport of the same
+  kind instead (:func:`flower_broker`): it only reads events and queue lengths.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -19,12 +28,17 @@ from producer.context import Context
 from producer.logs import redact
 from workers.errors import ConfigError
 
+if TYPE_CHECKING:
+    from celery import Celery
+
 DEFAULT_FLOWER_PORT = 5555
 DEFAULT_FLOWER_ADDRESS = "127.0.0.1"
 USER_ENV = "VFLEET_FLOWER_USER"
 PASSWORD_ENV = "VFLEET_FLOWER_PASSWORD"
 _UNAUTHENTICATED_API_ENV = "FLOWER_UNAUTHENTICATED_API"
 _FLOWER_AUTH_ENVS = ("FLOWER_BASIC_AUTH", "FLOWER_AUTH")
+# URL schemes Flower has a broker client for (flower.utils.broker.Broker).
+FLOWER_BROKER_SCHEMES = frozenset({"amqp", "amqps", "redis", "rediss", "redis+socket", "sentinel"})
 
 
 def is_loopback(address: str) -> bool:
@@ -100,6 +114,35 @@ def flower_argv(
     return argv
 
 
+def flower_broker(app: Celery) -> str | None:
+    """Make ``app``'s broker one Flower can read queue lengths from: when the configured
+    transport is a class of ours whose kind Flower knows (``redis``), use kombu's own
+    transport of that kind. Returns the transport now configured, None if unchanged."""
+    with app.connection() as conn:
+        scheme = conn.as_uri().split("://", 1)[0]
+        kind = getattr(conn.transport, "driver_type", None)
+    if scheme in FLOWER_BROKER_SCHEMES or kind not in FLOWER_BROKER_SCHEMES:
+        return None
+    app.conf.broker_transport = kind
+    return str(kind)
+
+
+def guard_metrics() -> None:
+    """Put Flower's ``/metrics`` behind the authentication of its other pages."""
+    from flower.urls import handlers
+    from flower.views.monitor import Metrics
+    from tornado import web
+
+    class AuthenticatedMetrics(Metrics):  # type: ignore[misc]
+        @web.authenticated  # type: ignore[untyped-decorator]
+        async def get(self) -> None:
+            await super().get()
+
+    for n, handler in enumerate(handlers):
+        if isinstance(handler, tuple) and handler[1] is Metrics:
+            handlers[n] = (handler[0], AuthenticatedMetrics, *handler[2:])
+
+
 def flower(
     ctx: typer.Context,
     port: Annotated[int, typer.Option(min=1, max=65535, help="HTTP port.")] = DEFAULT_FLOWER_PORT,
@@ -125,6 +168,8 @@ def flower(
         os.environ.pop(name, None)
     c.fleet_required = False
     app = create_app(c.settings, fleet=c.fleet)
+    flower_broker(app)
+    guard_metrics()
     app.start(argv)
 
 

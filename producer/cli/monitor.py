@@ -3,6 +3,10 @@
 The views read the latest snapshots the beat's scans stored; ``--live`` scans now (and
 stores what it saw) instead. SSH honours ``~/.ssh/config`` and known_hosts (see
 :mod:`ops.ssh`); ``--accept-new-host-keys`` records keys of hosts seen for the first time.
+
+Exit codes: 0 when every host (``gpu``, ``discover``) or instance (``vllm``) answered,
+:data:`EXIT_SOME_FAILED` (3) when some did not (the rest is printed all the same), and the
+CLI's usual 1 (a vfleet error), 2 (bad usage), 130 (interrupted).
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ if TYPE_CHECKING:
 
 DEFAULT_WATCH_INTERVAL = 2.0
 DEFAULT_PORTS = "8000-8010"
+EXIT_SOME_FAILED = 3
+# `vllm --live` with no recent snapshot to measure token rates against reads the counters
+# again this much later, so the rates it shows are this moment's.
+LIVE_RATE_GAP = 1.0
 
 SshConfigOpt = Annotated[
     Path | None,
@@ -58,11 +66,14 @@ CountOpt = Annotated[int, typer.Option("--watch-count", hidden=True, min=0)]
 
 
 def _monitor(
-    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None
+    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None, *, view: bool = True
 ) -> MonitorSettings:
     # paramiko logs a traceback for every host that fails; our per-host errors say it once.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
+    # A view prints every failed host itself; the scans' warnings would say it twice.
+    if view and logging.getLogger().level > logging.INFO:
+        logging.getLogger("workers.scan").setLevel(logging.ERROR)
     from workers.monitor_settings import build_monitor_settings
 
     return build_monitor_settings(
@@ -94,38 +105,47 @@ def _progress(what: str, total: int) -> Iterator[Callable[[], None]]:
 
 
 def _show(
-    render: Callable[[], tuple[Any, RenderableType]],
+    render: Callable[[int], tuple[Any, RenderableType, bool]],
     *,
     as_json: bool,
     watch: bool,
     interval: float,
     count: int,
-) -> None:
-    """Print once (JSON or a table), or redraw every ``interval`` until Ctrl-C."""
+) -> bool:
+    """Print once (JSON or a table), or redraw every ``interval`` until Ctrl-C. ``render``
+    takes the console width and returns (data, table, all answered); returns the last
+    "all answered"."""
+    console = Console()
     if not watch:
-        data, table = render()
+        data, table, fine = render(console.width)
         if as_json:
             typer.echo(json.dumps(data, indent=2, default=str))
         else:
-            Console().print(table)
-        return
+            console.print(table)
+        return fine
     from rich.live import Live
 
     shown = 0
+    fine = True
     try:
-        with Live(console=Console(), auto_refresh=False) as live:
+        with Live(console=console, auto_refresh=False) as live:
             while True:
-                data, table = render()
+                data, table, fine = render(console.width)
                 if as_json:
                     live.console.print_json(json.dumps(data, default=str))
                 else:
                     live.update(table, refresh=True)
                 shown += 1
                 if count and shown >= count:
-                    return
+                    return fine
                 time.sleep(interval)
     except KeyboardInterrupt:
-        return
+        return fine
+
+
+def _exit(fine: bool) -> None:
+    if not fine:
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def gpu(
@@ -141,7 +161,18 @@ def gpu(
     accept_new_host_keys: AcceptNewOpt = None,
     watch_count: CountOpt = 0,
 ) -> None:
-    """GPUs per host, idle ones first: utilisation and memory, history, processes."""
+    """GPUs per host, idle ones first: state, utilisation, memory, processes, history.
+
+    A GPU is idle when its utilisation is below VFLEET_IDLE_UTILIZATION (5%), its memory
+    use below VFLEET_IDLE_MEMORY (5%) and it runs no compute process, in each of the last
+    VFLEET_IDLE_SCANS (3) scans. Until that many scans agree it shows as "idle? N/3"; a
+    reading nvidia-smi could not give ([Unknown Error], [N/A], MIG) is "unknown", never
+    idle. A host that could not be read says why: UNREACHABLE, HOST KEY REFUSED, SSH LOGIN
+    REFUSED, TIMEOUT (nvidia-smi ran longer than VFLEET_SSH_COMMAND_TIMEOUT, 30 s, and was
+    killed on the host), NO NVIDIA-SMI, NVIDIA-SMI FAILED.
+
+    Exit status 3 when some host could not be read (the others are printed all the same).
+    """
     from producer.monitor_views import gpu_table
     from workers.scan.snapshots import gpu_view
 
@@ -151,18 +182,22 @@ def gpu(
     names = list(hosts or []) or list(c.fleet.hosts)
     runtime = _runtime(c, monitor) if live else None
 
-    def render() -> tuple[Any, RenderableType]:
+    def render(width: int) -> tuple[Any, RenderableType, bool]:
         if runtime is not None:
             with _progress("scanning GPUs", len(names)) as step:
                 runtime.scan_gpus(names, on_result=lambda _r: step())
-        view = gpu_view(c.ledger.engine, names, history=history or monitor.history)
-        return [h.as_dict() for h in view], gpu_table(view)
+        view = gpu_view(
+            c.ledger.engine, names, history=history or monitor.history, rule=monitor.idle_rule
+        )
+        fine = not any(h.failed for h in view)
+        return [h.as_dict() for h in view], gpu_table(view, width), fine
 
     try:
-        _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
+        fine = _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
     finally:
         if runtime is not None:
             runtime.ssh_pool.close()
+    _exit(fine)
 
 
 def vllm(
@@ -179,7 +214,16 @@ def vllm(
     accept_new_host_keys: AcceptNewOpt = None,
     watch_count: CountOpt = 0,
 ) -> None:
-    """Per instance: health, model, running, waiting, KV cache, prompt and generation tok/s."""
+    """Per instance: health, model, running, waiting, KV cache, prompt and generation tok/s.
+
+    Up means /health answers 2xx, or, for endpoints without /health (404), /v1/models
+    answers 2xx; refused connections and timeouts are down (the worker's health gate judges
+    alike). Token rates are counter deltas over the last VFLEET_RATE_WINDOW (60) seconds of
+    snapshots, reset when the server restarts; --live reads the counters twice when there
+    is no recent snapshot.
+
+    Exit status 3 when some instance is down or was never scanned (all are printed).
+    """
     from producer.monitor_views import vllm_table
     from workers.scan.snapshots import vllm_view
 
@@ -190,26 +234,47 @@ def vllm(
         c.fleet.instance(name)  # unknown names fail here, with the known ones listed
     names = names or [i.name for i in c.fleet.instances]
     runtime = _runtime(c, monitor, redis=True) if live else None
+    scans = [0]
 
-    def render() -> tuple[Any, RenderableType]:
+    def scan() -> None:
+        assert runtime is not None
+        with _progress("probing vLLM", len(names)) as step:
+            runtime.scan_vllm(names, on_probe=lambda _t, _p: step())
+        scans[0] += 1
+
+    def render(width: int) -> tuple[Any, RenderableType, bool]:
         if runtime is not None:
-            with _progress("probing vLLM", len(names)) as step:
-                runtime.scan_vllm(names, on_probe=lambda _t, _p: step())
+            scan()
+            if scans[0] == 1 and _rates_unknown(vllm_view(c.ledger.engine, names)):
+                time.sleep(LIVE_RATE_GAP)
+                scan()
         rows = vllm_view(c.ledger.engine, names)
-        return rows, vllm_table(rows)
+        fine = all(r["taken_at"] is not None and r["healthy"] for r in rows)
+        return rows, vllm_table(rows, width), fine
 
     try:
-        _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
+        fine = _show(render, as_json=as_json, watch=watch, interval=interval, count=watch_count)
     finally:
         if runtime is not None:
             runtime.close()
+    _exit(fine)
+
+
+def _rates_unknown(rows: list[dict[str, Any]]) -> bool:
+    """Some instance has token counters but no rate yet (nothing recent to compare with)."""
+    return any(
+        r["healthy"]
+        and r["generation_tokens_total"] is not None
+        and r["generation_tokens_per_s"] is None
+        for r in rows
+    )
 
 
 def _discover_host(
     pool: SSHPool, alias: str, ports: list[int], timeout: float
 ) -> list[FoundServer]:
     from ops.discover import REMOTE_LISTENERS_COMMAND, discover, parse_listeners
-    from ops.vllm_probe import ChannelHttp
+    from ops.endpoint import ChannelHttp
 
     listeners = parse_listeners(pool.run(alias, REMOTE_LISTENERS_COMMAND).stdout)
     http = ChannelHttp(lambda h, p: pool.open_channel(alias, h, p), timeout=timeout)
@@ -222,7 +287,7 @@ def _discover_all(
 ) -> tuple[list[FoundServer], dict[str, str]]:
     """Servers found (locally and on ``hosts``) and the hosts that could not be searched."""
     from ops.discover import discover, local_listeners
-    from ops.vllm_probe import DirectHttp
+    from ops.endpoint import DirectHttp
     from workers.scan.runtime import build_ssh_pool
 
     found: list[FoundServer] = []
@@ -286,7 +351,10 @@ def discover(
     known_hosts: KnownHostsOpt = None,
     accept_new_host_keys: AcceptNewOpt = None,
 ) -> None:
-    """Find vLLM (OpenAI-compatible) servers by their listening ports and /v1/models."""
+    """Find vLLM (OpenAI-compatible) servers by their listening ports and /v1/models.
+
+    Exit status 3 when some host could not be searched (what was found is printed).
+    """
     from ops.discover import parse_ports
 
     c: Context = ctx.obj
@@ -301,6 +369,7 @@ def discover(
     if as_json:
         rows = [{**asdict(s), "name": s.name, "added": s.name in added_names} for s in found]
         typer.echo(json.dumps({"servers": rows, "failed_hosts": failed}, indent=2))
+        _exit(not failed)
         return
     table = Table("name", "host", "base_url", "models", "max len", "fleet file", box=None)
     for s in found:
@@ -317,6 +386,7 @@ def discover(
     console.print(table if found else "no OpenAI-compatible servers found")
     for host, why in failed.items():
         console.print(f"[bold red]{host}: {why}[/]", highlight=False)
+    _exit(not failed)
 
 
 def beat(
@@ -364,7 +434,7 @@ def scan_worker(
 
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(None, None, None)
+    monitor = _monitor(None, None, None, view=False)
     app = create_app(c.settings, fleet=c.fleet)
     runtime = build_scan_runtime(c.settings, c.fleet, monitor)
     install_scan_runtime(app, runtime)

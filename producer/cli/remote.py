@@ -26,6 +26,7 @@ from rich.table import Table
 
 from producer.cli.monitor import (
     DEFAULT_PORTS,
+    EXIT_SOME_FAILED,
     AcceptNewOpt,
     JsonOpt,
     KnownHostsOpt,
@@ -249,23 +250,40 @@ def _servers(
     )
 
 
-def _auto_gpus(c: Context, host: str, count: int) -> tuple[int, ...]:
-    """``count`` GPUs the latest stored scan of ``host`` calls idle. Raises RemoteArgumentError."""
-    from ops.remote import RemoteArgumentError
-    from workers.scan.snapshots import gpu_view
+def _auto_gpus(c: Context, monitor: MonitorSettings, host: str, count: int) -> tuple[int, ...]:
+    """``count`` GPUs the latest stored scan of ``host`` calls idle (the idle rule held:
+    never a GPU still warming up, nor one whose readings are unknown).
 
-    (view,) = gpu_view(c.ledger.engine, [host], history=1)
-    hint = f"(`vfleet gpu --live {host}` scans now)"
+    Raises :class:`ops.remote.RemoteArgumentError` saying what the scan shows instead.
+    """
+    from ops.remote import RemoteArgumentError
+    from workers.scan.snapshots import IDLE, UNKNOWN, WARMING, gpu_view
+
+    rule = monitor.idle_rule
+    (view,) = gpu_view(c.ledger.engine, [host], history=1, rule=rule)
+    hint = f"`vfleet gpu --live {host}` scans now"
     if view.taken_at is None or view.error:
         why = view.error or "it was never scanned"
-        raise RemoteArgumentError(f"--gpus auto: no GPU scan of {host} to go by: {why} {hint}")
-    idle = [g.index for g in view.gpus if g.idle and g.index is not None]
-    if len(idle) < count:
-        raise RemoteArgumentError(
-            f"--gpus auto: {host} has {len(idle)} idle GPUs in the latest scan, {count} needed "
-            f"{hint}"
+        raise RemoteArgumentError(f"--gpus auto: no GPU scan of {host} to go by: {why} ({hint})")
+    idle = [g.index for g in view.gpus if g.state == IDLE and g.index is not None]
+    if len(idle) >= count:
+        return tuple(idle[:count])
+    warming = [g for g in view.gpus if g.state == WARMING]
+    unknown = sum(1 for g in view.gpus if g.state == UNKNOWN)
+    notes = []
+    if warming:
+        least = min(rule.scans - g.idle_scans for g in warming)
+        notes.append(
+            f"{len(warming)} more look idle but have been scanned idle only "
+            f"{max(g.idle_scans for g in warming)} of the {rule.scans} times the idle rule "
+            f"needs ({least} more scan{'s' if least > 1 else ''}: {hint}, or let beat scan)"
         )
-    return tuple(idle[:count])
+    if unknown:
+        notes.append(f"{unknown} report unknown readings and are never taken")
+    raise RemoteArgumentError(
+        f"--gpus auto: {host} has {len(idle)} idle GPUs in the latest scan, {count} needed"
+        + ("; " + "; ".join(notes) if notes else f" ({hint})")
+    )
 
 
 def fleet_lines(spec: ServeSpec, model: str, *, known_host: bool) -> str:
@@ -306,7 +324,13 @@ def serve(
     extra: Annotated[
         list[str] | None, typer.Argument(help="Extra server arguments, after --.")
     ] = None,
-    gpus: Annotated[str | None, typer.Option(help="GPU indices (0,1) or auto (idle).")] = None,
+    gpus: Annotated[
+        str | None,
+        typer.Option(
+            help="GPU indices (0,1), or auto: GPUs the latest stored scan calls idle by the "
+            "idle rule (see `vfleet gpu --help`; never one still 'idle?' or 'unknown')."
+        ),
+    ] = None,
     tp: Annotated[int | None, typer.Option(min=1, help="Tensor parallel size.")] = None,
     lifetime: Annotated[str | None, typer.Option(help="Stop after this long: 45m, 2h.")] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for /v1/models.")] = 900,
@@ -323,14 +347,18 @@ def serve(
     c: Context = ctx.obj
     c.fleet_required = False
     check_host(host)
+    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
     chosen = (
-        _auto_gpus(c, host, tp or 1) if gpus == "auto" else parse_gpus(gpus or "") if gpus else ()
+        _auto_gpus(c, monitor, host, tp or 1)
+        if gpus == "auto"
+        else parse_gpus(gpus or "")
+        if gpus
+        else ()
     )
     life = parse_duration(lifetime) if lifetime else None
     spec = ServeSpec.checked(
         host, model, port, gpus=chosen, tp=tp, lifetime=life, extra=extra or []
     )
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
     servers = _servers(c, monitor, command, tmux_socket)
     with servers.pool:
         started = servers.launch(spec)
@@ -351,7 +379,10 @@ def sessions(
     known_hosts: KnownHostsOpt = None,
     accept_new_host_keys: AcceptNewOpt = None,
 ) -> None:
-    """List the servers vfleet started (tmux sessions vfleet-<port>) on each host."""
+    """List the servers vfleet started (tmux sessions vfleet-<port>) on each host.
+
+    Exit status 3 when some host could not be asked (the others are listed).
+    """
     from ops.remote import check_host
 
     c: Context = ctx.obj
@@ -379,7 +410,7 @@ def sessions(
         for host, why in failed.items():
             console.print(f"[bold red]{host}: {why}[/]", highlight=False)
     if failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_SOME_FAILED)
 
 
 def stop(

@@ -123,12 +123,47 @@ def test_scan_command_is_one_posix_shell_command_that_reports_a_missing_binary()
         (5.0, 0.1, 0, False),  # at the threshold is not below it
         (0.0, 6.0, 0, False),
         (0.0, 0.1, 1, False),  # a process holding the GPU, however quiet
-        (None, 0.1, 0, True),  # MIG: judged on memory and processes
+        (None, 0.1, 0, False),  # [Unknown Error] or MIG's [N/A]: unknown is never idle
         (0.0, None, 0, False),  # unknown memory is not idle
+        (None, None, 0, False),
     ],
 )
 def test_instant_idle(util: float | None, mem: float | None, procs: int, idle: bool) -> None:
     assert IdleRule(utilization=5, memory_percent=5, scans=3).instant(util, mem, procs) is idle
+
+
+@pytest.mark.parametrize(
+    ("util", "mem", "procs", "state"),
+    [
+        (0.0, 0.1, 0, "idle"),
+        (None, 0.1, 0, "unknown"),
+        (0.0, None, 0, "unknown"),
+        (None, 50.0, 0, "busy"),  # what is known already says busy
+        (97.0, None, 0, "busy"),
+        (None, None, 2, "busy"),
+    ],
+)
+def test_a_reading_is_idle_busy_or_unknown(
+    util: float | None, mem: float | None, procs: int, state: str
+) -> None:
+    assert IdleRule(utilization=5, memory_percent=5).judge(util, mem, procs) == state
+
+
+def test_an_unknown_error_gpu_is_unknown_never_idle() -> None:
+    line = "0, GPU-x, NVIDIA H100 80GB HBM3, [Unknown Error], [Unknown Error], 81559, 0, 33, "
+    reading = parse_gpu_line(line + "[Unknown Error], 700.00")
+    assert reading is not None and reading.utilization_gpu is None
+    assert reading.memory_percent == 0.0
+    rule = IdleRule()
+    assert rule.judge(reading.utilization_gpu, reading.memory_percent, 0) == "unknown"
+
+
+def test_the_idle_streak_counts_the_latest_idle_scans() -> None:
+    rule = IdleRule(scans=3)
+    assert [rule.streak(x) for x in ([], [True], [True, True], [False, True], [True] * 5)] == [
+        0, 1, 2, 0, 3,
+    ]  # fmt: skip
+    assert "5%" in rule.describe() and "3 scans" in rule.describe()
 
 
 def test_idle_must_hold_for_n_scans() -> None:

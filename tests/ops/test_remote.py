@@ -15,8 +15,10 @@ from ops.remote import (
     parse_gpus,
     parse_host_port,
     parse_sessions,
+    quoted_placeholders,
     render_command,
     tmux,
+    tmux_literal,
 )
 
 HOSTILE = ["x; touch /tmp/pwned", "$(id)", "`id`", "a'b\"c", "--max-model-len", "4096"]
@@ -102,3 +104,35 @@ def test_sessions_listing_keeps_only_vfleet_sessions() -> None:
     (s,) = parse_sessions("gpu1", text)
     assert (s.port, s.model, s.created, s.expires) == (8001, "org/m|odd", 1.7e9, 1700003600.0)
     assert s.as_dict()["session"] == "vfleet-8001"
+
+
+@pytest.mark.parametrize(
+    ("template", "found"),
+    [
+        ('sh -c "vllm serve {model}"', [("model", "double")]),
+        ("sh -c 'vllm serve {model} --port {port}'", [("model", "single"), ("port", "single")]),
+        ('vllm serve {model} --name "x" {extra}', []),
+        ('vllm serve \\"{model}\\"', []),  # escaped quotes quote nothing
+        ('echo "it\'s" {model}', []),  # a ' inside double quotes opens nothing
+        ("echo 'a\\' {model}", []),  # no escapes inside single quotes: the quote closed
+        ("{python} -m ops.sim --port {port} --model {model}", []),
+    ],
+)
+def test_placeholders_inside_quotes_are_found(template: str, found: list[tuple[str, str]]) -> None:
+    assert quoted_placeholders(template) == found
+
+
+@pytest.mark.parametrize("template", ['sh -c "vllm serve {model}"', "sh -c 'echo {extra}'"])
+def test_a_template_quoting_a_placeholder_is_refused(template: str) -> None:
+    spec = ServeSpec.checked("gpu1", "$(touch /tmp/pwned)", 8001, extra=("$(id)",))
+    with pytest.raises(RemoteArgumentError, match=r"inside (double|single) quotes"):
+        render_command(template, spec)
+
+
+def test_a_trailing_semicolon_reaches_tmux_escaped() -> None:
+    assert tmux_literal("org/m;") == "org/m\\;"
+    assert tmux_literal("a\\;") == "a\\\\;"
+    assert tmux_literal("x;y") == "x;y"
+    spec = ServeSpec.checked("gpu1", "org/m;", 8001)
+    words = shlex.split(launch_command(spec, "vllm serve m"))
+    assert words[words.index("@vfleet_model") + 1] == "org/m\\;"

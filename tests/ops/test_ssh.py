@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,10 +13,25 @@ import pytest
 from ops.gpu import gpu_scan_command, parse_gpu_scan
 from ops.redis_server import free_port as closed_port
 from ops.ssh.config import HostOverrides, SSHConfigFile, parse_jump, parse_setenv, split_hop
-from ops.ssh.errors import HostKeyError, SSHConnectError, SSHTimeoutError
+from ops.ssh.errors import (
+    CommandTimeoutError,
+    HostKeyError,
+    SSHAuthError,
+    SSHConnectError,
+    SSHError,
+    SSHTimeoutError,
+)
 from ops.ssh.hostkeys import KnownHosts
-from ops.ssh.pool import SSHPool
-from tests.sshd import SilentServer, Sshd, keygen, start_sshd, write_client_files
+from ops.ssh.pool import SSHPool, bounded
+from tests.services import wait_for
+from tests.sshd import (
+    SilentServer,
+    Sshd,
+    keygen,
+    session_processes,
+    start_sshd,
+    write_client_files,
+)
 
 ALIASES = {
     "gpu-idle": {"SetEnv": "FAKE_GPU_MODE=idle"},
@@ -147,8 +164,12 @@ def test_dead_and_silent_hosts_fail_alone_and_fast(sshd: Sshd, tmp_path: Path) -
     assert isinstance(results["closed"].error, SSHConnectError)
     assert "refused" in str(results["closed"].error)
     assert isinstance(results["silent"].error, SSHTimeoutError)
-    assert isinstance(results["gpu-hang"].error, SSHTimeoutError)
-    assert "did not finish in 4s" in str(results["gpu-hang"].error)
+    assert isinstance(results["gpu-hang"].error, CommandTimeoutError)
+    assert "did not finish in 4s; stopped on the host" in str(results["gpu-hang"].error)
+    assert not isinstance(results["silent"].error, CommandTimeoutError)
+    assert results["silent"].error.state == "unreachable"
+    assert results["closed"].error.state == "unreachable"
+    assert results["gpu-hang"].error.state == "timeout"
     # The healthy hosts never waited for the broken ones...
     assert set(done[:3]) == {"gpu-idle", "gpu-busy", "closed"}
     assert results["gpu-idle"].elapsed < 4.0 and results["gpu-busy"].elapsed < 4.0
@@ -167,3 +188,55 @@ def test_parallel_scan_of_slow_hosts_is_bounded_and_concurrent(sshd: Sshd, tmp_p
     assert all(r.elapsed >= 1.0 for r in results.values())
     # 8 hosts x 1 s, 4 at a time: two rounds, so at least 2 s; one by one would be >= 8 s.
     assert 2.0 <= elapsed < 7.5
+
+
+def test_a_hung_command_leaves_no_process_on_the_host_after_two_scans(
+    sshd: Sshd, tmp_path: Path
+) -> None:
+    """A hung nvidia-smi (the fake sleeps an hour) is killed on the host when its scan's
+    time is up: two scans in a row leave nothing behind, and each ends with a timeout."""
+    tag = uuid.uuid4().hex
+    cfg, known = write_client_files(
+        sshd, tmp_path, {"hung": {"SetEnv": f"FAKE_GPU_MODE=hang FAKE_GPU_TAG={tag}"}}
+    )
+    with make_pool(cfg, known, command_timeout=2.0, kill_after=1.0) as pool:
+        for scan in (1, 2):
+            errors: list[SSHError] = []
+
+            def run(errors: list[SSHError]) -> None:
+                try:
+                    pool.run("hung", gpu_scan_command())
+                except SSHError as e:
+                    errors.append(e)
+
+            start = time.monotonic()
+            thread = threading.Thread(target=run, args=(errors,))
+            thread.start()
+            # The hang is real: the wrapper shell and the fake nvidia-smi run on the host...
+            wait_for(
+                lambda: len(session_processes(sshd.root, FAKE_GPU_TAG=tag)) >= 2,
+                timeout=15,
+                what=f"scan {scan}'s hung nvidia-smi on the host",
+            )
+            thread.join(30)
+            assert not thread.is_alive()
+            assert len(errors) == 1 and isinstance(errors[0], CommandTimeoutError), errors
+            # ...and the host's own bound ended it: 2 s, and the client had the answer then.
+            assert 2.0 <= time.monotonic() - start < 2.0 + 1.0 + 2.0 + 3.0
+            left = session_processes(sshd.root, FAKE_GPU_TAG=tag)
+            assert left == [], [p.cmdline() for p in left]
+
+
+def test_a_command_is_bounded_by_coreutils_timeout_in_a_posix_shell() -> None:
+    line = bounded("echo 'a b'; exit 3", 30, 5)
+    assert line == "timeout -k 5 30 sh -c 'echo '\"'\"'a b'\"'\"'; exit 3'"
+
+
+def test_a_refused_key_is_an_auth_error_not_an_unreachable_host(sshd: Sshd, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger"
+    keygen(stranger)
+    cfg, known = write_client_files(sshd, tmp_path, {"who": {}})
+    cfg.write_text(cfg.read_text().replace(str(sshd.client_key), str(stranger)))
+    with make_pool(cfg, known) as pool, pytest.raises(SSHAuthError) as err:
+        pool.run("who", "true")
+    assert err.value.state == "auth" and "authentication failed" in str(err.value)

@@ -18,11 +18,11 @@ from ops.discover import (
     parse_listeners,
     parse_ports,
 )
+from ops.endpoint import ChannelHttp, DirectHttp
 from ops.sim.launcher import SimFleet
 from ops.ssh.config import SSHConfigFile
 from ops.ssh.hostkeys import KnownHosts
 from ops.ssh.pool import SSHPool
-from ops.vllm_probe import ChannelHttp, DirectHttp
 from tests.sshd import Sshd, start_sshd, write_client_files
 from workers.fleet import parse_fleet
 

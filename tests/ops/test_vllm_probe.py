@@ -5,18 +5,10 @@ from __future__ import annotations
 import openai
 import pytest
 
+from ops.endpoint import DirectHttp, HttpResponse, ProbeError, read_models, root_url
 from ops.redis_server import free_port
 from ops.sim.launcher import SimFleet
-from ops.vllm_probe import (
-    DirectHttp,
-    HttpResponse,
-    ProbeError,
-    parse_metrics,
-    probe,
-    rate,
-    read_models,
-    root_url,
-)
+from ops.vllm_probe import parse_metrics, probe, rate
 
 V1_TEXT = """\
 # HELP vllm:num_requests_running Number of requests in model execution batches.

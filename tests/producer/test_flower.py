@@ -183,6 +183,81 @@ def test_no_auth_on_loopback_opens_the_ui_but_never_the_api(flower: Flower, tmp_
         stop(proc)
 
 
+def test_broker_page_shows_vfleets_queues(flower: Flower) -> None:
+    page = flower.get("/broker")
+    assert page.status_code == 200, page.text[:300]
+    assert "llm.sim-model" in page.text and "inst.sim-1" in page.text
+    assert "redis://" in page.text and "redis_transport" not in page.text
+
+
+def test_queue_lengths_api_answers_for_the_workers_queues(flower: Flower) -> None:
+    queues = {q["name"]: q["messages"] for q in flower.json("/api/queues/length")["active_queues"]}
+    assert set(queues) == {"llm.sim-model", "inst.sim-1"}
+    assert all(isinstance(n, int) and n >= 0 for n in queues.values())
+
+
+def test_metrics_need_the_same_credentials(flower: Flower) -> None:
+    assert flower.get("/metrics", auth=None).status_code == 401
+    assert flower.get("/metrics", auth=(USER, "wrong")).status_code == 401
+    metrics = flower.get("/metrics")
+    assert metrics.status_code == 200 and "flower_events_total" in metrics.text
+    assert flower.get("/healthcheck", auth=None).text == "OK"  # liveness probes stay open
+
+
+def test_celerys_own_cli_finds_the_app_in_workers_app(flower: Flower) -> None:
+    ping = subprocess.run(
+        [sys.executable, "-m", "celery", "-A", "workers.app", "inspect", "ping", "-t", "5"],
+        env=flower.pipeline.env, capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert ping.returncode == 0, ping.stderr
+    assert f"{_worker_name()}: OK" in ping.stdout and "pong" in ping.stdout
+
+
+def test_queue_lengths_count_the_messages_waiting_in_redis(
+    redis_server: RedisServer, tmp_path: Path, clean_env: dict[str, str]
+) -> None:
+    """No worker consumes ``scan`` here: three tasks sent to it wait, and Flower counts them
+    through vfleet's broker URL and transport."""
+    from workers.celery_app import create_app
+    from workers.settings import Settings
+
+    broker = redis_server.url.rsplit("/", 1)[0] + "/4"
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        '[[instances]]\nname = "i1"\nbase_url = "http://127.0.0.1:9/v1"\nmodel = "m"\n'
+    )
+    settings = Settings(broker_url=broker, fleet_file=fleet)
+    app = create_app(settings)
+    import redis as redis_lib
+
+    client = redis_lib.Redis.from_url(broker)
+    client.flushdb()
+    try:
+        for _ in range(3):
+            app.send_task("vfleet.scan_gpus", queue="scan")
+        env = {
+            **clean_env,
+            "VFLEET_BROKER_URL": broker,
+            "VFLEET_FLEET_FILE": str(fleet),
+            "VFLEET_DATABASE_URL": f"sqlite:///{tmp_path / 'vfleet.db'}",
+            "VFLEET_FLOWER_USER": USER,
+            "VFLEET_FLOWER_PASSWORD": PASSWORD,
+        }
+        proc, port = start_flower(env, tmp_path / "flower.log")
+        try:
+            url = f"http://127.0.0.1:{port}/api/queues/length"
+            answer = httpx2.get(url, auth=(USER, PASSWORD), timeout=10)
+            assert answer.status_code == 200, answer.text[:300]
+            queues = {q["name"]: q["messages"] for q in answer.json()["active_queues"]}
+        finally:
+            stop(proc)
+    finally:
+        client.flushdb()
+        client.close()
+        app.close()
+    assert queues == {"celery": 0, "llm.m": 0, "inst.i1": 0, "scan": 3}
+
+
 def test_refuses_to_start_without_credentials(clean_env: dict[str, str]) -> None:
     started = time.monotonic()
     res = vfleet("flower", "--port", str(free_port()), env=clean_env)

@@ -230,6 +230,7 @@ def test_gpus_auto_picks_idle_gpus_from_the_latest_scan(
     finally:
         engine.dispose()
     (port,) = free_ports(1)
+    env = {**env, "VFLEET_IDLE_SCANS": "1"}  # the rule the scan above went by
     out = vfleet("serve", "gpu1", "--model", "auto-m", "--port", str(port), "--gpus", "auto",
                  "--tp", "2", "--lifetime", "1m", env=env)  # fmt: skip
     try:
@@ -248,6 +249,58 @@ def test_sessions_of_an_unreachable_host_fail_alone(env: dict[str, str], tmp_pat
     cfg = Path(env["VFLEET_SSH_CONFIG"])
     cfg.write_text(cfg.read_text() + f"\nHost dead\n  HostName 127.0.0.1\n  Port {free_port()}\n")
     out = vfleet("sessions", "gpu1", "dead", "--json", env=env)
-    assert out.returncode == 1
+    assert out.returncode == 3  # some host failed; the others are listed
     data = json.loads(out.stdout)
     assert data["sessions"] == [] and "refused" in data["failed_hosts"]["dead"]
+
+
+def test_gpus_auto_waits_for_the_idle_rule_and_says_so(env: dict[str, str]) -> None:
+    """One scan is not enough (3 by default): the GPUs show as warming up, and serve says
+    how many scans are missing instead of "0 idle GPUs"."""
+    first = vfleet("gpu", "gpu1", "--live", "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    (host,) = json.loads(first.stdout)
+    assert [(g["state"], g["idle_scans"], g["scans_needed"]) for g in host["gpus"]] == [
+        ("idle?", 1, 3), ("idle?", 1, 3),
+    ]  # fmt: skip
+    table = vfleet("gpu", "gpu1", env={**env, "COLUMNS": "100"}).stdout
+    assert table.count("idle? 1/3") == 2
+    out = vfleet("serve", "gpu1", "--model", "m", "--port", "9", "--gpus", "auto", env=env)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    assert "0 idle GPUs in the latest scan, 1 needed" in out.stderr
+    assert "2 more look idle but have been scanned idle only 1 of the 3 times" in out.stderr
+    assert "2 more scans" in out.stderr
+    for _ in range(2):
+        assert vfleet("gpu", "gpu1", "--live", env=env).returncode == 0
+    (host,) = json.loads(vfleet("gpu", "gpu1", "--json", env=env).stdout)
+    assert [g["state"] for g in host["gpus"]] == ["idle", "idle"]
+
+
+def test_a_template_with_a_quoted_placeholder_is_refused_and_nothing_runs(
+    env: dict[str, str], tmp_path: Path, servers: RemoteServers
+) -> None:
+    marker = tmp_path / "pwned"
+    (port,) = free_ports(1)
+    template = '{python} -c "import sys; print(sys.argv)" "{model}" --port {port}'
+    out = vfleet("serve", "gpu1", "--model", f"$(touch {marker})", "--port", str(port),
+                 "--command", template, env=env)  # fmt: skip
+    assert out.returncode == 1
+    assert "{model} is inside double quotes" in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+    assert not marker.exists() and servers.sessions("gpu1") == []
+
+
+def test_a_model_name_ending_in_a_semicolon_is_listed_whole(
+    env: dict[str, str], servers: RemoteServers
+) -> None:
+    (port,) = free_ports(1)
+    spec = ServeSpec.checked("gpu1", "org/odd;", port, lifetime=60)
+    servers.launch(spec)
+    try:
+        assert servers.wait_ready(spec, timeout=60) == "org/odd;"
+        listed = vfleet("sessions", "gpu1", "--json", env=env)
+        assert listed.returncode == 0, listed.stderr
+        (sess,) = json.loads(listed.stdout)["sessions"]
+        assert sess["model"] == "org/odd;"
+    finally:
+        servers.stop("gpu1", port)

@@ -36,6 +36,7 @@ HOSTS = {
     "busy1": {"SetEnv": "FAKE_GPU_MODE=busy"},
     "mig1": {"SetEnv": "FAKE_GPU_MODE=mig"},
     "nogpu": {"SetEnv": "FAKE_GPU_MODE=missing"},
+    "sick1": {"SetEnv": "FAKE_GPU_MODE=error"},
 }
 
 
@@ -69,15 +70,17 @@ def test_gpu_scan_stores_snapshots_and_idle_needs_n_scans(pool: SSHPool, engine:
     rule = IdleRule(utilization=5, memory_percent=5, scans=2)
     hosts = [*HOSTS, "down"]
     first = scan_gpus(hosts, ssh_pool=pool, engine=engine, rule=rule)
-    assert sorted(first.ok) == ["busy1", "idle1", "mig1"]
+    assert sorted(first.ok) == ["busy1", "idle1", "mig1", "sick1"]
     assert set(first.failed) == {"nogpu", "down"}
-    assert "nvidia-smi not found" in first.failed["nogpu"]
-    assert "refused" in first.failed["down"]
-    assert first.gpus == 5 and first.idle == 0  # one scan is not enough to call a GPU idle
+    assert first.failed["nogpu"].startswith("no-nvidia-smi: nvidia-smi not found")
+    assert first.failed["down"].startswith("unreachable: ") and "refused" in first.failed["down"]
+    assert first.gpus == 7 and first.idle == 0  # one scan is not enough to call a GPU idle
     second = scan_gpus(hosts, ssh_pool=pool, engine=engine, rule=rule)
-    assert second.idle == 4  # idle1 x2, busy1's GPU 1, the MIG GPU (judged on memory)
+    # idle1 x2, busy1's GPU 1, sick1's healthy GPU 1; never the MIG GPU ([N/A] utilisation)
+    # nor sick1's GPU 0 ([Unknown Error]), though both show 0 MiB used.
+    assert second.idle == 4
     with Session(engine) as s:
-        assert s.scalar(select(func.count()).select_from(GpuSnapshot)) == 14
+        assert s.scalar(select(func.count()).select_from(GpuSnapshot)) == 18
         busy0 = s.scalars(
             select(GpuSnapshot).where(GpuSnapshot.host == "busy1", GpuSnapshot.uuid == UUID0)
         ).first()
@@ -87,12 +90,19 @@ def test_gpu_scan_stores_snapshots_and_idle_needs_n_scans(pool: SSHPool, engine:
         "items": [{"pid": 4242, "name": "/usr/bin/python3", "used_memory_mib": 73990.0}],
     }
 
-    view = {h.host: h for h in gpu_view(engine, [*hosts, "never"], history=5)}
-    assert view["never"].taken_at is None
-    assert view["down"].error is not None and view["down"].gpus == []
+    view = {h.host: h for h in gpu_view(engine, [*hosts, "never"], history=5, rule=rule)}
+    assert view["never"].taken_at is None and view["never"].state == "never-scanned"
+    assert view["down"].state == "unreachable" and "refused" in (view["down"].error or "")
+    assert view["down"].gpus == [] and view["down"].failed
+    assert view["nogpu"].state == "no-nvidia-smi" and not view["idle1"].failed
     busy = view["busy1"].gpus
     assert [(g.uuid, g.idle) for g in busy] == [(UUID1, True), (UUID0, False)]  # idle first
     assert busy[1].history == [97.0, 97.0] and busy[1].processes == 1
+    assert busy[1].process_list == [
+        {"pid": 4242, "name": "/usr/bin/python3", "used_memory_mib": 73990.0}
+    ]
+    assert [(g.index, g.state) for g in view["sick1"].gpus] == [(1, "idle"), (0, "unknown")]
+    assert [g.state for g in view["mig1"].gpus] == ["unknown"]
 
 
 def test_changed_idle_threshold_applies_to_stored_history(pool: SSHPool, engine: Engine) -> None:
@@ -191,3 +201,59 @@ def test_prune_deletes_only_old_snapshots(engine: Engine) -> None:
     with Session(engine) as s:
         assert s.scalar(select(func.count()).select_from(GpuSnapshot)) == 1
         assert s.scalar(select(func.count()).select_from(VllmSnapshot)) == 1
+
+
+def _chat(url: str, n: int) -> None:
+    llm = openai.OpenAI(base_url=url, api_key="sim", max_retries=0)
+    for _ in range(n):
+        llm.chat.completions.create(
+            model="sim-model", messages=[{"role": "user", "content": "hi"}], max_tokens=16
+        )
+    llm.close()
+
+
+def test_token_rates_use_a_recent_window_and_restart_with_the_server(engine: Engine) -> None:
+    port = free_port()
+    args = ["--ttft", "0", "--itl", "0"]
+    target = ProbeTarget("a", f"http://127.0.0.1:{port}/v1")
+
+    def scan() -> VllmSnapshot:
+        (row,) = scan_vllm(
+            [target],
+            engine=engine,
+            http_client_for=lambda t: http_for(t, ssh_pool=None, timeout=2),
+            rate_window=30,
+        )
+        return row
+
+    with SimFleet(base_port=port, extra_args=args) as sim:
+        _chat(sim.urls[0], 3)
+        # An hour-old reading of zero: a rate against it would be an hour's average.
+        with Session(engine) as s, s.begin():
+            s.add(
+                VllmSnapshot(
+                    taken_at=utcnow() - timedelta(hours=1), instance="a", base_url="x",
+                    healthy=True, prompt_tokens_total=0.0, generation_tokens_total=0.0,
+                )
+            )  # fmt: skip
+        first = scan()
+        assert first.prompt_tokens_total and first.prompt_tokens_total > 0
+        assert first.prompt_tokens_per_s is None and first.generation_tokens_per_s is None
+        _chat(sim.urls[0], 3)
+        second = scan()
+        assert second.prompt_tokens_total is not None and second.taken_at > first.taken_at
+        seconds = (second.taken_at - first.taken_at).total_seconds()
+        expected = (second.prompt_tokens_total - first.prompt_tokens_total) / seconds
+        assert second.prompt_tokens_per_s == pytest.approx(expected)
+        assert second.prompt_tokens_per_s and second.prompt_tokens_per_s > 0
+    with SimFleet(base_port=port, extra_args=args) as restarted:  # counters start from 0
+        after = scan()
+        assert after.prompt_tokens_total is not None
+        assert after.prompt_tokens_total < (second.prompt_tokens_total or 0)
+        assert after.prompt_tokens_per_s is None  # no reading since the restart yet
+        _chat(restarted.urls[0], 12)  # past the old counters: only the restart tells
+        again = scan()
+    assert (again.prompt_tokens_total or 0) > (second.prompt_tokens_total or 0)
+    seconds = (again.taken_at - after.taken_at).total_seconds()
+    expected = ((again.prompt_tokens_total or 0) - (after.prompt_tokens_total or 0)) / seconds
+    assert again.prompt_tokens_per_s == pytest.approx(expected)

@@ -3,6 +3,11 @@
 Idleness is judged over stored snapshots: a GPU is idle when it was idle in this scan and in
 the ``IdleRule.scans - 1`` before it, each judged again from the stored readings so that a
 changed threshold applies to the history too.
+
+A host that could not be read gets one row whose ``error`` is ``"<state>: <reason>"``
+(:func:`host_error`, read back by :func:`split_host_error`): ``unreachable``, ``host-key``,
+``auth``, ``timeout`` (the host answered, nvidia-smi hung and was killed there),
+``no-nvidia-smi``, ``nvidia-smi-failed`` or ``error``.
 """
 
 from __future__ import annotations
@@ -16,11 +21,35 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from ops.gpu import GpuReading, IdleRule, gpu_scan_command, parse_gpu_scan
+from ops.gpu import (
+    NO_NVIDIA_SMI,
+    NVIDIA_SMI_FAILED,
+    GpuReading,
+    IdleRule,
+    gpu_scan_command,
+    parse_gpu_scan,
+)
 from ops.ssh.pool import CommandResult, HostResult, SSHPool
 from workers.store.models import GpuSnapshot, utcnow
 
 logger = logging.getLogger(__name__)
+
+HOST_STATES = (
+    "unreachable", "host-key", "auth", "timeout", NO_NVIDIA_SMI, NVIDIA_SMI_FAILED, "error",
+)  # fmt: skip
+
+
+def host_error(state: str, reason: str) -> str:
+    """The ``error`` stored for a host that could not be read."""
+    return f"{state}: {reason}"
+
+
+def split_host_error(text: str) -> tuple[str, str]:
+    """``(state, reason)`` of a stored host error (older rows, with no state: ``error``)."""
+    state, sep, reason = text.partition(": ")
+    if sep and state in HOST_STATES:
+        return state, reason
+    return "error", text
 
 
 @dataclass
@@ -53,15 +82,20 @@ def processes_json(reading: GpuReading) -> dict[str, Any]:
     }
 
 
-def stored_instant(row: GpuSnapshot, rule: IdleRule) -> bool:
-    """Was the GPU idle in this stored snapshot (judged by ``rule`` now)?"""
+def stored_judgement(row: GpuSnapshot, rule: IdleRule) -> str:
+    """idle, busy or unknown in this stored snapshot (judged by ``rule`` now)."""
     if row.error is not None:
-        return False
+        return "unknown"
     pct = None
     if row.memory_total_mib and row.memory_used_mib is not None:
         pct = 100.0 * row.memory_used_mib / row.memory_total_mib
     procs = int((row.processes or {}).get("count", 0))
-    return rule.instant(row.utilization_gpu, pct, procs)
+    return rule.judge(row.utilization_gpu, pct, procs)
+
+
+def stored_instant(row: GpuSnapshot, rule: IdleRule) -> bool:
+    """Was the GPU idle in this stored snapshot (judged by ``rule`` now)?"""
+    return stored_judgement(row, rule) == "idle"
 
 
 def _previous(session: Session, host: str, uuid: str, limit: int) -> list[GpuSnapshot]:
@@ -147,7 +181,8 @@ def _host_rows(
 ) -> list[GpuSnapshot]:
     taken = summary.taken_at
     if result.error is not None or result.value is None:
-        why = result.error.reason if result.error is not None else "no result"
+        err = result.error
+        why = host_error(err.state, err.reason) if err is not None else host_error("error", "?")
         summary.failed[host] = why
         logger.warning("GPU scan of %s failed: %s", host, why)
         return [GpuSnapshot(taken_at=taken, host=host, error=why)]
@@ -156,7 +191,9 @@ def _host_rows(
     for warning in scan.warnings:
         logger.warning("GPU scan of %s: %s", host, warning)
     if scan.error is not None:
-        summary.failed[host] = scan.error
-        return [GpuSnapshot(taken_at=taken, host=host, error=scan.error)]
+        why = host_error(scan.state or "error", scan.error)
+        summary.failed[host] = why
+        logger.warning("GPU scan of %s failed: %s", host, why)
+        return [GpuSnapshot(taken_at=taken, host=host, error=why)]
     summary.ok.append(host)
     return gpu_rows(session, host, scan.gpus, rule, taken)

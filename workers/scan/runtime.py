@@ -103,6 +103,7 @@ class ScanRuntime:
             redis_client=self.redis_client,
             health_ttl=self.monitor.health_ttl,
             parallelism=self.monitor.ssh_parallelism,
+            rate_window=self.monitor.rate_window,
             on_probe=on_probe,
         )
         return {

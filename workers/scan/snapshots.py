@@ -11,12 +11,24 @@ from typing import Any
 from sqlalchemy import Engine, delete, func, select
 from sqlalchemy.orm import Session
 
+from ops.gpu import IdleRule
+from workers.scan.gpus import split_host_error, stored_judgement
 from workers.store.models import GpuSnapshot, VllmSnapshot, utcnow
+
+# A GPU's state in a view: IDLE (the rule held), WARMING (idle in the latest scans, not yet
+# in as many as the rule wants), BUSY, UNKNOWN (nvidia-smi could not say).
+IDLE, WARMING, BUSY, UNKNOWN = "idle", "idle?", "busy", "unknown"
+HOST_OK, NEVER_SCANNED = "ok", "never-scanned"
+_COUNTS = ("running", "waiting", "swapped", "max_model_len")
 
 
 @dataclass
 class GpuRow:
-    """One GPU in the latest scan of its host, with its recent utilisation."""
+    """One GPU in the latest scan of its host, with its recent utilisation.
+
+    ``state`` is IDLE, WARMING (``idle_scans`` of the ``scans_needed`` in a row so far),
+    BUSY or UNKNOWN; ``idle`` is the stored verdict (True only for IDLE).
+    """
 
     index: int | None
     uuid: str | None
@@ -29,6 +41,10 @@ class GpuRow:
     processes: int
     idle: bool
     history: list[float | None] = field(default_factory=list)
+    state: str = BUSY
+    idle_scans: int = 0
+    scans_needed: int = 1
+    process_list: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def memory_percent(self) -> float | None:
@@ -39,12 +55,19 @@ class GpuRow:
 
 @dataclass
 class HostGpus:
-    """A host's GPUs as last seen; ``error`` when the last scan could not read them."""
+    """A host's GPUs as last seen; ``error`` (and ``state``, e.g. ``timeout``) when the last
+    scan could not read them."""
 
     host: str
     taken_at: datetime | None
     error: str | None = None
     gpus: list[GpuRow] = field(default_factory=list)
+    state: str = HOST_OK
+
+    @property
+    def failed(self) -> bool:
+        """No reading of this host in its latest scan (or no scan at all)."""
+        return self.state != HOST_OK
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,25 +82,33 @@ def _latest_times(session: Session, model: Any, column: Any) -> dict[str, dateti
     return {name: taken for name, taken in session.execute(stmt)}
 
 
-def _history(session: Session, host: str, uuid: str | None, n: int) -> list[float | None]:
+def _recent(session: Session, host: str, uuid: str | None, n: int) -> list[GpuSnapshot]:
     stmt = (
-        select(GpuSnapshot.utilization_gpu)
+        select(GpuSnapshot)
         .where(GpuSnapshot.host == host, GpuSnapshot.uuid == uuid)
-        .order_by(GpuSnapshot.taken_at.desc())
+        .order_by(GpuSnapshot.taken_at.desc(), GpuSnapshot.id.desc())
         .limit(n)
     )
-    return list(reversed(list(session.scalars(stmt))))
+    return list(session.scalars(stmt))
 
 
-def gpu_view(engine: Engine, hosts: Sequence[str] = (), *, history: int = 20) -> list[HostGpus]:
+def gpu_view(
+    engine: Engine,
+    hosts: Sequence[str] = (),
+    *,
+    history: int = 20,
+    rule: IdleRule | None = None,
+) -> list[HostGpus]:
     """The latest scan of every host (or of ``hosts``; a host never scanned comes back with
-    ``taken_at`` None). Idle GPUs first within a host; hosts in name order."""
+    ``taken_at`` None and state ``never-scanned``). Idle GPUs first within a host, then
+    warming ones; hosts in name order. ``rule`` judges the states (default thresholds)."""
+    rule = rule or IdleRule()
     out: list[HostGpus] = []
     with Session(engine) as session:
         latest = _latest_times(session, GpuSnapshot, GpuSnapshot.host)
         for host in sorted(set(hosts) | (set() if hosts else set(latest))):
             taken = latest.get(host)
-            view = HostGpus(host, taken)
+            view = HostGpus(host, taken, state=HOST_OK if taken else NEVER_SCANNED)
             out.append(view)
             if taken is None:
                 continue
@@ -86,14 +117,23 @@ def gpu_view(engine: Engine, hosts: Sequence[str] = (), *, history: int = 20) ->
             )
             for row in session.scalars(stmt):
                 if row.error is not None:
-                    view.error = row.error
+                    view.state, view.error = split_host_error(row.error)
                     continue
-                view.gpus.append(_gpu_row(row, _history(session, host, row.uuid, history)))
-            view.gpus.sort(key=lambda g: (not g.idle, g.index if g.index is not None else -1))
+                recent = _recent(session, host, row.uuid, max(history, rule.scans))
+                view.gpus.append(_gpu_row(row, recent, rule, history))
+            order = {IDLE: 0, WARMING: 1, UNKNOWN: 2, BUSY: 3}
+            view.gpus.sort(key=lambda g: (order[g.state], g.index if g.index is not None else -1))
     return out
 
 
-def _gpu_row(row: GpuSnapshot, history: list[float | None]) -> GpuRow:
+def _gpu_row(row: GpuSnapshot, recent: list[GpuSnapshot], rule: IdleRule, history: int) -> GpuRow:
+    """``recent``: this GPU's latest snapshots, newest (``row``) first."""
+    judged = [stored_judgement(r, rule) for r in recent]
+    streak = rule.streak([j == IDLE for j in judged])
+    state = judged[0]
+    if state == IDLE and streak < rule.scans:
+        state = WARMING
+    procs = row.processes or {}
     return GpuRow(
         index=row.gpu_index,
         uuid=row.uuid,
@@ -103,9 +143,13 @@ def _gpu_row(row: GpuSnapshot, history: list[float | None]) -> GpuRow:
         memory_total_mib=row.memory_total_mib,
         temperature_c=row.temperature_c,
         power_draw_w=row.power_draw_w,
-        processes=int((row.processes or {}).get("count", 0)),
-        idle=bool(row.idle),
-        history=history,
+        processes=int(procs.get("count", 0)),
+        idle=state == IDLE,
+        history=[r.utilization_gpu for r in reversed(recent[:history])],
+        state=state,
+        idle_scans=streak,
+        scans_needed=rule.scans,
+        process_list=[dict(p) for p in procs.get("items", []) if isinstance(p, dict)],
     )
 
 
@@ -133,13 +177,18 @@ def vllm_dict(name: str, row: VllmSnapshot | None) -> dict[str, Any]:
     """One instance's snapshot as JSON-ready values (``taken_at`` None: never scanned)."""
     keys = (
         "base_url", "healthy", "model", "max_model_len", "running", "waiting", "swapped",
-        "kv_cache_usage", "prompt_tokens_per_s", "generation_tokens_per_s", "error",
+        "kv_cache_usage", "prompt_tokens_per_s", "generation_tokens_per_s",
+        "prompt_tokens_total", "generation_tokens_total", "error",
     )  # fmt: skip
     data: dict[str, Any] = {"instance": name, "taken_at": None}
     data.update(dict.fromkeys(keys))
     if row is not None:
         data.update({k: getattr(row, k) for k in keys})
         data["taken_at"] = row.taken_at.isoformat()
+        # Counts are whole numbers, whatever type the Prometheus text gave them.
+        for k in _COUNTS:
+            if isinstance(data[k], float) and data[k].is_integer():
+                data[k] = int(data[k])
     return data
 
 

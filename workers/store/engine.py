@@ -8,6 +8,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from ops.urls import mask_url
 from workers.errors import ConfigError
 
 DEFAULT_SQLITE_BUSY_TIMEOUT_MS = 60_000
@@ -27,10 +28,23 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
 
 def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
     """Return an engine for ``url``. Raises :class:`ConfigError` for a malformed URL."""
+    _, sep, rest = url.partition("://")
+    userinfo = rest.rpartition("@")[0] if sep else ""
+    if "@" in userinfo or "/" in userinfo:
+        # SQLAlchemy would split such a password at its '@' or '/' and take the rest for
+        # the host, which then shows up in connection errors.
+        raise ConfigError(
+            "database URL (VFLEET_DATABASE_URL / --database-url): its password holds '@' or "
+            "'/': percent-encode them (%40, %2F)"
+        )
     try:
         parsed = make_url(url)
-    except ArgumentError as e:
-        raise ConfigError(f"database URL {url!r} is not valid: {e}") from e
+    except (ArgumentError, ValueError) as e:  # ValueError: a port that is not a number
+        # Neither the URL nor the parser's message: both may hold pieces of a password.
+        raise ConfigError(
+            "database URL (VFLEET_DATABASE_URL / --database-url) is not valid: "
+            "use dialect://user:password@host:port/database or sqlite:///path"
+        ) from e
     if parsed.get_backend_name() == "sqlite":
         engine = create_engine(
             parsed,
@@ -48,4 +62,4 @@ def make_engine(url: str, *, pool_size: int = DEFAULT_POOL_SIZE) -> Engine:
             parsed, pool_size=pool_size, max_overflow=pool_size * 4, pool_pre_ping=True
         )
     except Exception as e:  # missing driver, unknown dialect
-        raise ConfigError(f"database URL {parsed.render_as_string()}: {e}") from e
+        raise ConfigError(f"database URL {mask_url(url)}: {e}") from e

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from ops.urls import mask_url
 from workers.errors import StoreError
 from workers.settings import Settings
 
@@ -31,7 +32,7 @@ def open_ledger(settings: Settings, *, pool_size: int = 8) -> Ledger:
         _check_schema(engine)
     except OperationalError as e:
         raise StoreError(
-            f"cannot open database {engine.url.render_as_string()}: {str(e.orig).splitlines()[0]}"
+            f"cannot open database {mask_url(settings.database_url)}: {str(e.orig).splitlines()[0]}"
         ) from e
     return Ledger(engine)
 
