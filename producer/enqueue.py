@@ -35,9 +35,10 @@ from workers.fleet import Fleet
 from workers.settings import Settings
 from workers.spec import Spec, TemplateRenderError, plan_requests, work_fingerprint
 from workers.store import bad_lines, summary
-from workers.store.intake import IntakeResult, IntakeRow, store_rows
-from workers.store.ledger import DEFAULT_INSERT_CHUNK, BatchInfo, Ledger
+from workers.store.intake import DEFAULT_INSERT_CHUNK, IntakeResult, IntakeRow, store_rows
+from workers.store.ledger import Ledger
 from workers.store.limits import SOURCE_CHARS, check_text
+from workers.store.values import BatchInfo
 
 if TYPE_CHECKING:
     from celery import Celery

@@ -23,8 +23,10 @@ from typing import IO, Any
 
 from workers.errors import ConfigError
 from workers.store.bad_lines import iter_bad_lines
-from workers.store.ledger import BatchInfo, Ledger, iter_records
+from workers.store.ledger import Ledger
 from workers.store.models import FINAL_STATUSES, BadLine, Record, Status
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo
 
 FORMATS = ("jsonl", "csv", "openai")
 _META = (

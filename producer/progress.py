@@ -10,8 +10,9 @@ from typing import Any
 
 from workers.spec import OPENAI_PATHS
 from workers.store import bad_lines, summary
-from workers.store.ledger import BatchInfo, Ledger
+from workers.store.ledger import Ledger
 from workers.store.models import Status, utcnow
+from workers.store.values import BatchInfo
 
 RATE_WINDOW = timedelta(seconds=30)
 COMPLETION_WINDOW = "24h"

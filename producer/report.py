@@ -23,8 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 from producer.readers.codes import DESCRIPTIONS
 from workers.store import bad_lines
-from workers.store.ledger import BatchInfo, Ledger, iter_records
+from workers.store.ledger import Ledger
 from workers.store.models import Record, Status
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

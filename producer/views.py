@@ -11,7 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from producer.progress import BatchProgress, batch_progress
-from workers.store.ledger import BatchInfo, Ledger
+from workers.store.ledger import Ledger
+from workers.store.values import BatchInfo
 
 DEFAULT_REFRESH = 1.0
 

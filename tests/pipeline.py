@@ -25,8 +25,9 @@ from workers.celery_app import create_app
 from workers.fleet import InstanceConfig
 from workers.keys import hedged_key
 from workers.settings import Settings
-from workers.store.ledger import Ledger, iter_records
+from workers.store.ledger import Ledger
 from workers.store.opening import open_ledger
+from workers.store.queries import iter_records
 
 MODEL = "sim-model"
 DEFAULT_SIM_ARGS = (

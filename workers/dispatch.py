@@ -18,7 +18,7 @@ from workers.errors import ConfigError
 from workers.fleet import Fleet
 from workers.queues import PROCESS_RECORD_TASK, instance_queue, shared_queue
 from workers.routes import Route
-from workers.store.ledger import BatchInfo
+from workers.store.values import BatchInfo
 
 PUBLISH_BATCH = 1000
 """Redis commands buffered before a publish pipeline is sent."""

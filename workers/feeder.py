@@ -32,8 +32,9 @@ from workers.locks import RoundLock, process_token
 from workers.queues import instance_queue, shared_queue
 from workers.routes import Route
 from workers.settings import Settings
-from workers.store.ledger import BatchInfo, Ledger
+from workers.store.ledger import Ledger
 from workers.store.models import utcnow
+from workers.store.values import BatchInfo
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from workers.spec import (
     reask_messages,
     response_format,
 )
-from workers.store.ledger import Outcome
+from workers.store.values import Outcome
 
 if TYPE_CHECKING:
     # Types only: importing the openai client costs the producer a second.

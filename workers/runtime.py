@@ -23,7 +23,8 @@ from workers.provenance import InstanceProvenance
 from workers.retry import Action, RetryPolicy
 from workers.settings import Settings
 from workers.spec import Spec
-from workers.store.ledger import Claim, Ledger
+from workers.store.ledger import Ledger
+from workers.store.values import Claim
 
 logger = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from tests.pipeline import DEFAULT_SIM_ARGS, MODEL, TEST_SETTINGS, judge_rows, w
 from tests.services import missing, vfleet, wait_for
 from tests.sshd import NetnsHost, Sshd, start_sshd, write_client_files
 from workers.settings import Settings
-from workers.store.ledger import iter_records
 from workers.store.opening import open_ledger
+from workers.store.queries import iter_records
 
 REDIS_DB = 6
 RECORDS = 50

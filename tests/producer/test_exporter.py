@@ -16,12 +16,14 @@ from sqlalchemy.orm import Session
 
 from ops.redis_server import RedisServer, free_port
 from tests.pipeline import Pipeline, judge_rows, write_jsonl
+from tests.records import add_records
 from tests.services import ROOT, wait_for
 from workers.exporter import LedgerCollector, registry_for
 from workers.store.engine import make_engine
-from workers.store.ledger import Ledger, Outcome
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
 from workers.store.models import GpuSnapshot, VllmSnapshot, utcnow
+from workers.store.values import Outcome
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -59,7 +61,7 @@ def fill(ledger: Ledger) -> None:
     info, _ = ledger.create_batch(
         name="b1", spec_name="judge", spec={"t": 1}, model="m", route="shared"
     )
-    ledger.add_records(info.id, [(f"k{i}", i, {"i": i}) for i in range(6)])
+    add_records(ledger, info.id, [(f"k{i}", i, {"i": i}) for i in range(6)])
     ledger.set_total(info.id)
     ids = ledger.unpublished(info.id, limit=10)
     for rid, latency in zip(ids[:3], (200.0, 800.0, 3000.0), strict=True):

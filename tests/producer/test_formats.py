@@ -16,8 +16,10 @@ from producer.readers import BadRow, Row, read_records, sniff_format
 from tests.services import vfleet
 from workers.spec import load_spec
 from workers.store.engine import make_engine
-from workers.store.ledger import BatchInfo, Claim, Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo, Claim, Outcome
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,10 +8,13 @@ from collections.abc import Iterator
 import pytest
 
 from producer.progress import batch_progress
+from tests.records import add_records
 from workers.errors import StoreError
 from workers.store.engine import make_engine
-from workers.store.ledger import BatchInfo, Claim, Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo, Claim, Outcome
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -29,7 +32,7 @@ def batch_of(ledger: Ledger, n: int, name: str = "b") -> tuple[BatchInfo, list[i
     info, _ = ledger.create_batch(
         name=name, spec_name="judge", spec={"template": "x"}, model="m", route="shared"
     )
-    ledger.add_records(info.id, [(f"k{i}", i, {"i": i}) for i in range(n)])
+    add_records(ledger, info.id, [(f"k{i}", i, {"i": i}) for i in range(n)])
     return info, [r.id for r in iter_records(ledger.engine, info.id)]
 
 

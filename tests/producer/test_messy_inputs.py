@@ -19,8 +19,9 @@ from tests.services import vfleet
 from tests.together import run_together
 from workers.store import bad_lines
 from workers.store.engine import make_engine
-from workers.store.ledger import Ledger, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
 
 pytestmark = pytest.mark.timeout(180)
 

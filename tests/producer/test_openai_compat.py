@@ -21,11 +21,14 @@ from producer.export import export_batch, export_openai
 from producer.progress import batch_progress
 from producer.report import build_report, render_text
 from tests.openai_shapes import validate_output_line
+from tests.records import add_records
 from tests.services import vfleet
 from workers.spec import load_spec
 from workers.store.engine import make_engine
-from workers.store.ledger import BatchInfo, Claim, Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo, Claim, Outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -210,7 +213,7 @@ def test_finish_reasons_are_counted_in_status_report_and_export(
         model="m",
         route="shared",
     )
-    ledger.add_records(info.id, [(f"k{i}", i, {"i": i}) for i in range(4)])
+    add_records(ledger, info.id, [(f"k{i}", i, {"i": i}) for i in range(4)])
     records = list(iter_records(ledger.engine, info.id))
     for n, r in enumerate(records[:3]):
         c = claim(ledger, r.id)
@@ -241,7 +244,7 @@ def test_the_rate_of_a_finished_batch_stays_put(ledger: Ledger) -> None:
     info, _ = ledger.create_batch(
         name="r", spec_name="judge", spec={"template": "x"}, model="m", route="shared"
     )
-    ledger.add_records(info.id, [(f"k{i}", i, {"i": i}) for i in range(5)])
+    add_records(ledger, info.id, [(f"k{i}", i, {"i": i}) for i in range(5)])
     for r in iter_records(ledger.engine, info.id):
         ledger.succeed(claim(ledger, r.id), Outcome("t", None, 1, 1, 1.0))
     first = batch_progress(ledger, info)

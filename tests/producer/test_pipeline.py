@@ -11,7 +11,7 @@ import pytest
 
 from ops.redis_server import RedisServer
 from tests.pipeline import Pipeline, judge_rows, write_jsonl
-from workers.store.ledger import iter_records
+from workers.store.queries import iter_records
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 

@@ -10,10 +10,13 @@ from pathlib import Path
 import pytest
 
 from producer.report import build_report, render_text, write_html
+from tests.records import add_records
 from tests.services import chromium, vfleet
 from workers.store.engine import make_engine
-from workers.store.ledger import BatchInfo, Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo, Outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -31,7 +34,7 @@ def finished_batch(ledger: Ledger, name: str, outputs: list[dict[str, object] | 
     info, _ = ledger.create_batch(
         name=name, spec_name="judge", spec={"template": "x"}, model="m", route="shared"
     )
-    ledger.add_records(info.id, [(f"k{i}", i, {"i": i}) for i in range(len(outputs))])
+    add_records(ledger, info.id, [(f"k{i}", i, {"i": i}) for i in range(len(outputs))])
     for n, (r, out) in enumerate(zip(iter_records(ledger.engine, info.id), outputs, strict=True)):
         c = ledger.claim(r.id, worker="w", instance="i", task_id=None, lease_seconds=30)
         assert c is not None

@@ -8,12 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.records import add_records
 from workers.store import bad_lines, summary
 from workers.store.bad_lines import NewBadLine
 from workers.store.engine import make_engine
-from workers.store.ledger import Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.limits import BATCH_NAME_CHARS, KEY_CHARS, LimitError, clip, text_problem
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import Outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -140,7 +143,7 @@ def test_racing_creations_of_one_batch_give_one_batch_and_no_error(ledger: Ledge
 
 def test_summaries_count_finish_reasons_tokens_and_waiting_records(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b, [(f"k{i}", i, {"url": "/v1/completions", "i": i}) for i in range(6)])
+    add_records(ledger, b, [(f"k{i}", i, {"url": "/v1/completions", "i": i}) for i in range(6)])
     ids = [r.id for r in iter_records(ledger.engine, b)]
     for n, rid in enumerate(ids[:4]):
         claim = ledger.claim(rid, worker="w", instance="i", task_id=None, lease_seconds=30)

@@ -13,8 +13,10 @@ from producer.enqueue import store_file
 from workers.judge import aggregate_votes
 from workers.spec import Spec, load_spec, work_fingerprint
 from workers.store.engine import make_engine
-from workers.store.ledger import BatchInfo, Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import upgrade
+from workers.store.queries import iter_records
+from workers.store.values import BatchInfo, Outcome
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -13,6 +13,7 @@ import redis
 
 from ops.redis_server import RedisServer
 from tests.pipeline import MODEL, Pipeline, judge_rows, write_jsonl
+from tests.records import add_records
 from tests.services import vfleet, wait_for
 from workers.celery_app import create_app
 from workers.dispatch import Dispatcher
@@ -71,7 +72,7 @@ def _batch(ledger: Ledger, n: int) -> int:
     info, _ = ledger.create_batch(
         name="w", spec_name="judge", spec={"t": 1}, model=MODEL, route="shared"
     )
-    ledger.add_records(info.id, ((f"k{i}", i, {"i": i}) for i in range(n)))
+    add_records(ledger, info.id, ((f"k{i}", i, {"i": i}) for i in range(n)))
     return info.id
 
 

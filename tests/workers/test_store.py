@@ -9,11 +9,14 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import inspect
 
+from tests.records import add_records
 from workers.errors import BatchNotFoundError, ConfigError
 from workers.store.engine import make_engine
-from workers.store.ledger import Ledger, Outcome, iter_records
+from workers.store.ledger import Ledger
 from workers.store.migrate import current_revision, ensure_schema, head_revision, upgrade
 from workers.store.models import utcnow
+from workers.store.queries import iter_records
+from workers.store.values import Outcome
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -73,8 +76,8 @@ def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
 
 def test_adding_the_same_keys_twice_adds_nothing(ledger: Ledger) -> None:
     b = _batch(ledger)
-    assert ledger.add_records(b.id, _rows(5000), chunk=700) == 5000
-    assert ledger.add_records(b.id, _rows(5100), chunk=700) == 100
+    assert add_records(ledger, b.id, _rows(5000), chunk=700) == 5000
+    assert add_records(ledger, b.id, _rows(5100), chunk=700) == 100
     assert ledger.set_total(b.id) == 5100
     assert ledger.counts(b.id)["queued"] == 5100
 
@@ -96,7 +99,7 @@ def test_same_batch_name_with_another_spec_is_refused(ledger: Ledger) -> None:
 
 def test_only_one_of_many_racing_workers_claims_a_record(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b.id, _rows(20))
+    add_records(ledger, b.id, _rows(20))
     ids = ledger.unpublished(b.id, limit=100)
     wins: list[tuple[int, str]] = []
     lock = threading.Lock()
@@ -119,7 +122,7 @@ def test_only_one_of_many_racing_workers_claims_a_record(ledger: Ledger) -> None
 
 def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b.id, _rows(1))
+    add_records(ledger, b.id, _rows(1))
     (rid,) = ledger.unpublished(b.id, limit=1)
     first = ledger.claim(rid, worker="a", instance="i", task_id="t1", lease_seconds=30)
     assert first is not None and first.attempts == 1
@@ -138,7 +141,7 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(ledger: Ledg
 
 def test_retry_then_fail_keeps_attempts_and_reason(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b.id, _rows(1))
+    add_records(ledger, b.id, _rows(1))
     (rid,) = ledger.unpublished(b.id, limit=1)
     claim = ledger.claim(rid, worker="a", instance="i", task_id=None, lease_seconds=30)
     assert claim is not None
@@ -155,23 +158,23 @@ def test_records_stream_back_in_input_order(ledger: Ledger) -> None:
     b = _batch(ledger)
     rows = _rows(2500)
     rows.reverse()
-    ledger.add_records(b.id, rows)
+    add_records(ledger, b.id, rows)
     seqs = [r.seq for r in iter_records(ledger.engine, b.id, chunk=300)]
     assert seqs == list(range(2500))
 
 
 def test_published_marks_leave_only_new_records_unpublished(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b.id, _rows(10))
+    add_records(ledger, b.id, _rows(10))
     first = ledger.unpublished(b.id, limit=100)
     ledger.mark_published(first)
-    ledger.add_records(b.id, _rows(15))
+    add_records(ledger, b.id, _rows(15))
     assert len(ledger.unpublished(b.id, limit=100)) == 5
 
 
 def test_a_record_retried_after_its_batch_was_cancelled_ends_cancelled(ledger: Ledger) -> None:
     b = _batch(ledger)
-    ledger.add_records(b.id, _rows(2))
+    add_records(ledger, b.id, _rows(2))
     first, second = ledger.unpublished(b.id, limit=2)
     claim = ledger.claim(first, worker="a", instance="i", task_id=None, lease_seconds=30)
     assert claim is not None

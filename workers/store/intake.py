@@ -22,7 +22,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from workers.store.ledger import DEFAULT_INSERT_CHUNK, Ledger
+from workers.store.ledger import Ledger
 from workers.store.models import Record, Status, utcnow
 
 IntakeRow = tuple[str, int, dict[str, Any], str | None]
@@ -31,6 +31,7 @@ IntakeRow = tuple[str, int, dict[str, Any], str | None]
 OnDuplicate = Callable[[str, int, int, dict[str, Any]], None]
 """Called with ``(key, line, first_line, input)`` for a row skipped as a duplicate key."""
 
+DEFAULT_INSERT_CHUNK = 2000
 INTAKE_WAL_CHECKPOINT_PAGES = 10_000
 _COPIED = ("output_text", "output", "prompt_tokens", "completion_tokens", "latency_ms")
 

@@ -64,6 +64,8 @@ class Status(enum.StrEnum):
 
 
 FINAL_STATUSES = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
+CLAIMABLE = (Status.QUEUED, Status.RETRY)
+"""Statuses a worker may claim a record from (besides ``running`` with an expired lease)."""
 
 
 class Base(DeclarativeBase):

@@ -7,12 +7,13 @@ Each function is one aggregate query over the batch's records.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Engine, func, select
 
 from workers.store.models import Batch, Record, Status
+from workers.store.queries import aware
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,7 @@ def last_started(engine: Engine, batch_id: int) -> datetime | None:
     """When the batch's latest attempt started."""
     q = select(func.max(Record.started_at)).where(Record.batch_id == batch_id)
     with engine.connect() as conn:
-        return _aware(conn.scalar(q))
+        return aware(conn.scalar(q))
 
 
 def waiting_unpublished(engine: Engine, batch_id: int) -> int:
@@ -75,10 +76,3 @@ def sample_input(engine: Engine, batch_id: int) -> dict[str, Any] | None:
     with engine.connect() as conn:
         value = conn.scalar(q)
     return value if isinstance(value, dict) else None
-
-
-def _aware(value: datetime | None) -> datetime | None:
-    # Aggregates bypass the column type, so SQLite hands back naive UTC.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value

@@ -1,0 +1,90 @@
+"""Read-only views of a batch: counts per status and instance, first and last times, every
+record streamed in input order."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy.orm import Session
+
+from workers.store.models import Record, Status
+
+
+class QueryStore:
+    """The reading half of :class:`workers.store.ledger.Ledger`."""
+
+    engine: Engine
+
+    def counts(self, batch_id: int) -> dict[str, int]:
+        """Records per status (every status present, zeros included)."""
+        q = (
+            select(Record.status, func.count())
+            .where(Record.batch_id == batch_id)
+            .group_by(Record.status)
+        )
+        out = {s.value: 0 for s in Status}
+        with self.engine.connect() as conn:
+            for status, n in conn.execute(q):
+                out[status] = int(n)
+        return out
+
+    def instance_counts(self, batch_id: int) -> dict[str, dict[str, int]]:
+        """Per instance: records per status (only instances that touched the batch)."""
+        q = (
+            select(Record.instance, Record.status, func.count())
+            .where(Record.batch_id == batch_id, Record.instance.is_not(None))
+            .group_by(Record.instance, Record.status)
+        )
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for inst, status, n in conn.execute(q):
+                out.setdefault(inst or "?", {})[status] = int(n)
+        return out
+
+    def finished_between(self, batch_id: int, since: datetime) -> int:
+        """Records of the batch that reached a final status at or after ``since``."""
+        q = select(func.count()).where(Record.batch_id == batch_id, Record.finished_at >= since)
+        with self.engine.connect() as conn:
+            return int(conn.scalar(q) or 0)
+
+    def first_started(self, batch_id: int) -> datetime | None:
+        q = select(func.min(Record.started_at)).where(Record.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            value = conn.scalar(q)
+        return aware(value)
+
+    def last_finished(self, batch_id: int) -> datetime | None:
+        q = select(func.max(Record.finished_at)).where(Record.batch_id == batch_id)
+        with self.engine.connect() as conn:
+            value = conn.scalar(q)
+        return aware(value)
+
+
+def iter_records(engine: Engine, batch_id: int, *, chunk: int = 1000) -> Iterator[Record]:
+    """Every record of the batch in input order, streamed ``chunk`` rows at a time."""
+    last_seq, last_id = -1, -1
+    while True:
+        q = (
+            select(Record)
+            .where(
+                Record.batch_id == batch_id,
+                or_(Record.seq > last_seq, and_(Record.seq == last_seq, Record.id > last_id)),
+            )
+            .order_by(Record.seq, Record.id)
+            .limit(chunk)
+        )
+        with Session(engine, expire_on_commit=False) as s:
+            rows = list(s.scalars(q))
+        if not rows:
+            return
+        yield from rows
+        last_seq, last_id = rows[-1].seq, rows[-1].id
+
+
+def aware(value: datetime | None) -> datetime | None:
+    # Aggregates bypass the column type, so SQLite hands back naive UTC.
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
