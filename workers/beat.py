@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 from workers.errors import VfleetError
 from workers.keys import BEAT_LOCK
-from workers.monitor_settings import MonitorSettings
-from workers.queues import SCAN_QUEUE
-from workers.tasks.scan import (
+from workers.queues import (
     PRUNE_SNAPSHOTS_TASK,
     RECONCILE_TASK,
     SCAN_GPUS_TASK,
+    SCAN_QUEUE,
     SCAN_VLLM_TASK,
 )
+from workers.settings import Settings
 
 if TYPE_CHECKING:
     import redis
@@ -63,13 +63,13 @@ def schedule_entry(task: str, every: float) -> dict[str, Any]:
     }
 
 
-def beat_schedule(monitor: MonitorSettings) -> dict[str, dict[str, Any]]:
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     """Celery's ``beat_schedule``: GPU and vLLM scans, pruning, the reconciler."""
     return {
-        "scan-gpus": schedule_entry(SCAN_GPUS_TASK, monitor.gpu_scan_interval),
-        "scan-vllm": schedule_entry(SCAN_VLLM_TASK, monitor.vllm_scan_interval),
-        "prune-snapshots": schedule_entry(PRUNE_SNAPSHOTS_TASK, monitor.prune_interval),
-        "reconcile": schedule_entry(RECONCILE_TASK, monitor.beat_reconcile_interval),
+        "scan-gpus": schedule_entry(SCAN_GPUS_TASK, settings.gpu_scan_interval),
+        "scan-vllm": schedule_entry(SCAN_VLLM_TASK, settings.vllm_scan_interval),
+        "prune-snapshots": schedule_entry(PRUNE_SNAPSHOTS_TASK, settings.prune_interval),
+        "reconcile": schedule_entry(RECONCILE_TASK, settings.beat_reconcile_interval),
     }
 
 

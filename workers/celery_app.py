@@ -11,13 +11,12 @@ from workers.fleet import Fleet
 from workers.queues import SCAN_QUEUE, instance_queue, shared_queue
 from workers.redis_transport import TRANSPORT as REDIS_TRANSPORT
 from workers.settings import Settings
+from workers.state import AppState, attach_state
+from workers.tasks import register_tasks
 
 # Ctrl-C / SIGQUIT (cold shutdown) waits this long for running tasks; SIGTERM is bounded by
 # Settings.shutdown_grace (see workers.worker_main). systemd's TimeoutStopSec must exceed both.
 DEFAULT_SOFT_SHUTDOWN_TIMEOUT = 25.0
-_RUNTIME_ATTR = "vfleet_runtime"
-_SETTINGS_ATTR = "vfleet_settings"
-_FLEET_ATTR = "vfleet_fleet"
 
 
 def declared_queues(fleet: Fleet) -> list[Queue]:
@@ -59,36 +58,11 @@ def celery_config(settings: Settings, fleet: Fleet) -> dict[str, Any]:
 
 
 def create_app(settings: Settings, *, fleet: Fleet | None = None) -> Celery:
-    """Build a configured Celery app with vfleet's tasks registered."""
-    from workers.tasks import register_tasks
-
+    """Build a configured Celery app with vfleet's tasks registered and its
+    :class:`~workers.state.AppState` attached (the entry point adds its runtime)."""
+    fleet = fleet or Fleet()
     app = Celery("vfleet", set_as_current=False)
-    app.conf.update(celery_config(settings, fleet or Fleet()))
-    # Tasks that are not bound to an instance (reconcile, scans) build what they need
-    # from these, lazily, in the worker that runs them.
-    setattr(app, _SETTINGS_ATTR, settings)
-    setattr(app, _FLEET_ATTR, fleet or Fleet())
+    app.conf.update(celery_config(settings, fleet))
+    attach_state(app, AppState(settings, fleet))
     register_tasks(app)
     return app
-
-
-def settings_of(app: Celery) -> Settings:
-    settings: Settings = getattr(app, _SETTINGS_ATTR)
-    return settings
-
-
-def fleet_of(app: Celery) -> Fleet:
-    fleet: Fleet = getattr(app, _FLEET_ATTR)
-    return fleet
-
-
-def install_runtime(app: Celery, runtime: object) -> None:
-    """Attach the per-process :class:`~workers.runtime.WorkerRuntime` the tasks use."""
-    setattr(app, _RUNTIME_ATTR, runtime)
-
-
-def runtime_of(app: Celery) -> Any:
-    runtime = getattr(app, _RUNTIME_ATTR, None)
-    if runtime is None:
-        raise RuntimeError("this worker has no vfleet runtime: start it with `vfleet worker`")
-    return runtime

@@ -1,11 +1,17 @@
-"""Queue names: the topology every producer and worker agrees on."""
+"""Queue and task names: the topology every producer, beat and worker agrees on."""
 
 from __future__ import annotations
 
 SHARED_PREFIX = "llm."
 INSTANCE_PREFIX = "inst."
 SCAN_QUEUE = "scan"
+
+# Every task vfleet registers, by name: producers, beat and workers agree on these.
 PROCESS_RECORD_TASK = "vfleet.process_record"
+RECONCILE_TASK = "vfleet.reconcile"
+SCAN_GPUS_TASK = "vfleet.scan_gpus"
+SCAN_VLLM_TASK = "vfleet.scan_vllm"
+PRUNE_SNAPSHOTS_TASK = "vfleet.prune_snapshots"
 
 
 def shared_queue(model: str) -> str:

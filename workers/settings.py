@@ -10,8 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ops.endpoint import DEFAULT_HTTP_TIMEOUT
+from ops.gpu import DEFAULT_IDLE_MEMORY, DEFAULT_IDLE_SCANS, DEFAULT_IDLE_UTILIZATION, IdleRule
+from ops.ssh.defaults import (
+    DEFAULT_COMMAND_TIMEOUT as DEFAULT_SSH_COMMAND_TIMEOUT,
+)
+from ops.ssh.defaults import (
+    DEFAULT_CONNECT_TIMEOUT as DEFAULT_SSH_CONNECT_TIMEOUT,
+)
+from ops.ssh.defaults import (
+    DEFAULT_KEEPALIVE,
+    DEFAULT_KNOWN_HOSTS,
+    DEFAULT_PARALLELISM,
+    DEFAULT_SSH_CONFIG,
+)
 
 # Re-exported: the one URL-masking function, where the settings code always found it.
 from ops.urls import mask_url as mask_url
@@ -38,6 +53,17 @@ DEFAULT_SHUTDOWN_GRACE = 25.0
 DEFAULT_HEDGE_AFTER = 3.0
 # One task may send this many requests: a pairwise swap, each with re-asks.
 REQUESTS_PER_TASK_BOUND = 4
+# Monitoring: SSH, scans, the beat.
+DEFAULT_GPU_SCAN_INTERVAL = 30.0
+DEFAULT_VLLM_SCAN_INTERVAL = 10.0
+DEFAULT_BEAT_RECONCILE_INTERVAL = 15.0
+DEFAULT_PRUNE_INTERVAL = 600.0
+DEFAULT_SNAPSHOT_RETENTION = 7 * 24 * 3600.0
+DEFAULT_BEAT_LOCK_TTL = 30.0
+DEFAULT_SCAN_CONCURRENCY = 4
+DEFAULT_HISTORY = 20
+DEFAULT_RATE_WINDOW = 60.0
+HEALTH_TTL_FACTOR = 3
 
 
 class Settings(BaseSettings):
@@ -70,6 +96,47 @@ class Settings(BaseSettings):
     hedge: bool = True
     hedge_after: float = Field(DEFAULT_HEDGE_AFTER, gt=1)
 
+    # -- monitoring: the SSH pool, the scans and the beat --------------------------------
+    ssh_config: Path = DEFAULT_SSH_CONFIG
+    known_hosts: Path = DEFAULT_KNOWN_HOSTS
+    accept_new_host_keys: bool = False
+    ssh_connect_timeout: float = Field(DEFAULT_SSH_CONNECT_TIMEOUT, gt=0)
+    ssh_command_timeout: float = Field(DEFAULT_SSH_COMMAND_TIMEOUT, gt=0)
+    ssh_keepalive: int = Field(DEFAULT_KEEPALIVE, ge=0)
+    ssh_parallelism: int = Field(DEFAULT_PARALLELISM, ge=1, le=256)
+    ssh_agent: bool = True
+    http_timeout: float = Field(DEFAULT_HTTP_TIMEOUT, gt=0)
+    # Token rates are measured over at most this many seconds of recent snapshots.
+    rate_window: float = Field(DEFAULT_RATE_WINDOW, gt=0)
+    # A server on a host's loopback (instance with ``host`` and a 127.0.0.1 / localhost
+    # base_url) is probed through an SSH channel to that host.
+    scan_tunnel_loopback: bool = True
+
+    gpu_scan_interval: float = Field(DEFAULT_GPU_SCAN_INTERVAL, gt=0)
+    vllm_scan_interval: float = Field(DEFAULT_VLLM_SCAN_INTERVAL, gt=0)
+    beat_reconcile_interval: float = Field(DEFAULT_BEAT_RECONCILE_INTERVAL, gt=0)
+    prune_interval: float = Field(DEFAULT_PRUNE_INTERVAL, gt=0)
+    snapshot_retention: float = Field(DEFAULT_SNAPSHOT_RETENTION, gt=0)
+
+    idle_utilization: float = Field(DEFAULT_IDLE_UTILIZATION, ge=0, le=100)
+    idle_memory: float = Field(DEFAULT_IDLE_MEMORY, ge=0, le=100)
+    idle_scans: int = Field(DEFAULT_IDLE_SCANS, ge=1)
+    history: int = Field(DEFAULT_HISTORY, ge=1, le=500)
+
+    beat_lock_ttl: float = Field(DEFAULT_BEAT_LOCK_TTL, gt=1)
+    beat_schedule_file: Path = Path("celerybeat-schedule")
+    beat_pidfile: Path = Path("vfleet-beat.pid")
+    scan_concurrency: int = Field(DEFAULT_SCAN_CONCURRENCY, ge=1, le=64)
+
+    @property
+    def idle_rule(self) -> IdleRule:
+        return IdleRule(self.idle_utilization, self.idle_memory, self.idle_scans)
+
+    @property
+    def health_ttl(self) -> int:
+        """Seconds a health key lives: a few vLLM scans, so a dead scanner shows as stale."""
+        return max(1, round(self.vllm_scan_interval * HEALTH_TTL_FACTOR))
+
     @field_validator("database_url")
     @classmethod
     def _psycopg_driver(cls, url: str) -> str:
@@ -100,9 +167,33 @@ class Settings(BaseSettings):
                 "VFLEET_REQUEST_TIMEOUT"
             )
 
+    def with_overrides(self, **overrides: object) -> Settings:
+        """A copy with the non-None ``overrides`` applied (CLI flags of one command).
+
+        Raises :class:`ConfigError` naming the bad value.
+        """
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if not given:
+            return self
+        return build_settings(**{**self.model_dump(), **given})
+
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain values with secrets masked."""
         data = self.model_dump(mode="json")
         data["broker_url"] = mask_url(self.broker_url)
         data["database_url"] = mask_url(self.database_url)
         return data
+
+
+def build_settings(**overrides: object) -> Settings:
+    """Settings from the environment (and ``.env``), with the non-None ``overrides`` on top.
+
+    Raises :class:`ConfigError` with one line naming the bad variable.
+    """
+    given = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        return Settings(**given)  # type: ignore[arg-type]
+    except ValidationError as e:
+        first = e.errors()[0]
+        name = "VFLEET_" + "_".join(str(p) for p in first["loc"]).upper()
+        raise ConfigError(f"{name}: {first['msg']}") from e

@@ -21,8 +21,8 @@ from ops.tunnels.supervisor import DEFAULT_CHECK_INTERVAL, SupervisedTunnel
 from ops.urls import mask_url
 from workers.errors import ConfigError
 from workers.fleet import Fleet, InstanceConfig
-from workers.monitor_settings import MonitorSettings, build_monitor_settings
 from workers.scan.runtime import build_ssh_pool
+from workers.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -95,13 +95,12 @@ class InstanceTunnel:
         self,
         inst: InstanceConfig,
         fleet: Fleet,
+        settings: Settings,
         *,
-        monitor: MonitorSettings | None = None,
         ssh_pool: SSHPool | None = None,
         check_interval: float = DEFAULT_CHECK_INTERVAL,
     ) -> None:
         target = via_target(inst)
-        settings = monitor or build_monitor_settings()
         self._own_pool = ssh_pool is None
         self.pool = ssh_pool or build_ssh_pool(settings, fleet)
         self.supervised = SupervisedTunnel(
@@ -153,6 +152,6 @@ class InstanceTunnel:
         self.close()
 
 
-def open_instance_tunnel(inst: InstanceConfig, fleet: Fleet) -> InstanceTunnel:
-    """Start the tunnel of a ``via`` instance, SSH settings from the environment."""
-    return InstanceTunnel(inst, fleet).start()
+def open_instance_tunnel(inst: InstanceConfig, fleet: Fleet, settings: Settings) -> InstanceTunnel:
+    """Start the tunnel of a ``via`` instance with the SSH settings of ``settings``."""
+    return InstanceTunnel(inst, fleet, settings).start()

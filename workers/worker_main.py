@@ -19,7 +19,7 @@ from typing import Any
 from celery import Celery, signals
 
 from workers.broker import redis_client as broker_client
-from workers.celery_app import create_app, install_runtime
+from workers.celery_app import create_app
 from workers.dispatch import Dispatcher
 from workers.errors import ConfigError
 from workers.feeder import Feeder
@@ -31,6 +31,7 @@ from workers.provenance import InstanceProvenance
 from workers.queues import instance_queue, shared_queue
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
+from workers.state import state_of
 from workers.store.opening import open_ledger
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ def run_worker(
     if inst.via is not None:
         from workers.tunnels import open_instance_tunnel
 
-        tunnel = open_instance_tunnel(inst, fleet)
+        tunnel = open_instance_tunnel(inst, fleet, settings)
     served = tunnel.instance if tunnel is not None else inst
     client = LLMClient(
         served, timeout=settings.request_timeout, connect_timeout=settings.connect_timeout
@@ -88,7 +89,7 @@ def run_worker(
         worker_name=hostname,
         provenance=InstanceProvenance(provenance_instance(inst, served)),
     )
-    install_runtime(app, runtime)
+    state_of(app).worker = runtime
     queues = [shared_queue(inst.model), instance_queue(inst.name)]
     redis_client = broker_client(settings.broker_url)
     keeper = Housekeeper(

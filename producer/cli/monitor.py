@@ -30,8 +30,8 @@ from producer.context import Context
 if TYPE_CHECKING:
     from ops.discover import FoundServer
     from ops.ssh.pool import SSHPool
-    from workers.monitor_settings import MonitorSettings
     from workers.scan.runtime import ScanRuntime
+    from workers.settings import Settings
 
 DEFAULT_WATCH_INTERVAL = 2.0
 DEFAULT_PORTS = "8000-8010"
@@ -65,29 +65,35 @@ IntervalOpt = Annotated[
 CountOpt = Annotated[int, typer.Option("--watch-count", hidden=True, min=0)]
 
 
-def _monitor(
-    ssh_config: Path | None, known_hosts: Path | None, accept: bool | None, *, view: bool = True
-) -> MonitorSettings:
+def _settings(
+    c: Context,
+    ssh_config: Path | None,
+    known_hosts: Path | None,
+    accept: bool | None,
+    *,
+    view: bool = True,
+) -> Settings:
+    """The command's settings: the root's, with its SSH flags on top."""
     # paramiko logs a traceback for every host that fails; our per-host errors say it once.
     if logging.getLogger().level > logging.DEBUG:
         logging.getLogger("paramiko").setLevel(logging.CRITICAL)
     # A view prints every failed host itself; the scans' warnings would say it twice.
     if view and logging.getLogger().level > logging.INFO:
         logging.getLogger("workers.scan").setLevel(logging.ERROR)
-    from workers.monitor_settings import build_monitor_settings
-
-    return build_monitor_settings(
+    return c.settings.with_overrides(
         ssh_config=ssh_config, known_hosts=known_hosts, accept_new_host_keys=accept
     )
 
 
-def _runtime(c: Context, monitor: MonitorSettings, *, redis: bool = False) -> ScanRuntime:
+def _runtime(c: Context, settings: Settings, *, redis: bool = False) -> ScanRuntime:
     import redis as redis_lib
 
     from workers.scan.runtime import ScanRuntime, build_ssh_pool
 
     client = redis_lib.Redis.from_url(c.settings.broker_url) if redis else None
-    return ScanRuntime(monitor, c.fleet, c.ledger.engine, build_ssh_pool(monitor, c.fleet), client)
+    return ScanRuntime(
+        settings, c.fleet, c.ledger.engine, build_ssh_pool(settings, c.fleet), client
+    )
 
 
 @contextmanager
@@ -178,16 +184,16 @@ def gpu(
 
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    settings = _settings(c, ssh_config, known_hosts, accept_new_host_keys)
     names = list(hosts or []) or list(c.fleet.hosts)
-    runtime = _runtime(c, monitor) if live else None
+    runtime = _runtime(c, settings) if live else None
 
     def render(width: int) -> tuple[Any, RenderableType, bool]:
         if runtime is not None:
             with _progress("scanning GPUs", len(names)) as step:
                 runtime.scan_gpus(names, on_result=lambda _r: step())
         view = gpu_view(
-            c.ledger.engine, names, history=history or monitor.history, rule=monitor.idle_rule
+            c.ledger.engine, names, history=history or settings.history, rule=settings.idle_rule
         )
         fine = not any(h.failed for h in view)
         return [h.as_dict() for h in view], gpu_table(view, width), fine
@@ -228,12 +234,12 @@ def vllm(
     from workers.scan.snapshots import vllm_view
 
     c: Context = ctx.obj
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    settings = _settings(c, ssh_config, known_hosts, accept_new_host_keys)
     names = list(instances or [])
     for name in names:
         c.fleet.instance(name)  # unknown names fail here, with the known ones listed
     names = names or [i.name for i in c.fleet.instances]
-    runtime = _runtime(c, monitor, redis=True) if live else None
+    runtime = _runtime(c, settings, redis=True) if live else None
     scans = [0]
 
     def scan() -> None:
@@ -283,7 +289,7 @@ def _discover_host(
 
 
 def _discover_all(
-    c: Context, monitor: MonitorSettings, hosts: list[str], ports: list[int], local: bool
+    c: Context, settings: Settings, hosts: list[str], ports: list[int], local: bool
 ) -> tuple[list[FoundServer], dict[str, str]]:
     """Servers found (locally and on ``hosts``) and the hosts that could not be searched."""
     from ops.discover import discover, local_listeners
@@ -292,14 +298,14 @@ def _discover_all(
 
     found: list[FoundServer] = []
     if local:
-        http = DirectHttp(timeout=monitor.http_timeout)
+        http = DirectHttp(timeout=settings.http_timeout)
         found += discover(local_listeners(), ports, http_client=http)
     if not hosts:
         return found, {}
-    with build_ssh_pool(monitor, c.fleet) as pool, _progress("discovering", len(hosts)) as step:
+    with build_ssh_pool(settings, c.fleet) as pool, _progress("discovering", len(hosts)) as step:
         results = pool.map(
             hosts,
-            lambda a: _discover_host(pool, a, ports, monitor.http_timeout),
+            lambda a: _discover_host(pool, a, ports, settings.http_timeout),
             on_result=lambda _r: step(),
         )
     for r in results.values():
@@ -359,10 +365,10 @@ def discover(
 
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    settings = _settings(c, ssh_config, known_hosts, accept_new_host_keys)
     names = list(hosts or [])
     found, failed = _discover_all(
-        c, monitor, names, parse_ports(ports), not names if local is None else local
+        c, settings, names, parse_ports(ports), not names if local is None else local
     )
     added = _write_fleet(Path(c.settings.fleet_file), found, c) if write else []
     added_names = {s.name for s in added}
@@ -404,18 +410,16 @@ def beat(
 
     c: Context = ctx.obj
     c.fleet_required = False
-    from workers.monitor_settings import build_monitor_settings
-
-    monitor = build_monitor_settings(beat_pidfile=pidfile, beat_schedule_file=schedule_file)
+    settings = c.settings.with_overrides(beat_pidfile=pidfile, beat_schedule_file=schedule_file)
     app = create_app(c.settings, fleet=c.fleet)
-    app.conf.beat_schedule = beat_schedule(monitor)
+    app.conf.beat_schedule = beat_schedule(settings)
     client = redis_lib.Redis.from_url(c.settings.broker_url)
     try:
-        with BeatLock(client, ttl=monitor.beat_lock_ttl):
+        with BeatLock(client, ttl=settings.beat_lock_ttl):
             app.Beat(
                 loglevel=loglevel,
-                schedule=str(monitor.beat_schedule_file),
-                pidfile=str(monitor.beat_pidfile),
+                schedule=str(settings.beat_schedule_file),
+                pidfile=str(settings.beat_pidfile),
             ).run()
     finally:
         client.close()
@@ -430,20 +434,20 @@ def scan_worker(
     from workers.celery_app import create_app
     from workers.queues import SCAN_QUEUE
     from workers.scan.runtime import build_scan_runtime
-    from workers.tasks.scan import install_scan_runtime
+    from workers.state import state_of
 
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(None, None, None, view=False)
-    app = create_app(c.settings, fleet=c.fleet)
-    runtime = build_scan_runtime(c.settings, c.fleet, monitor)
-    install_scan_runtime(app, runtime)
+    settings = _settings(c, None, None, None, view=False)
+    app = create_app(settings, fleet=c.fleet)
+    runtime = build_scan_runtime(settings, c.fleet)
+    state_of(app).scan = runtime
     try:
         app.worker_main(
             [
                 "worker",
                 "--pool=threads",
-                f"--concurrency={concurrency or monitor.scan_concurrency}",
+                f"--concurrency={concurrency or settings.scan_concurrency}",
                 "--hostname=scan@%h",
                 f"--queues={SCAN_QUEUE}",
                 f"--loglevel={loglevel}",

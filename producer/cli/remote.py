@@ -31,7 +31,7 @@ from producer.cli.monitor import (
     JsonOpt,
     KnownHostsOpt,
     SshConfigOpt,
-    _monitor,
+    _settings,
 )
 from producer.context import Context
 
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from ops.ssh.pool import SSHPool
     from ops.tunnels.state import ForwardEntry, ForwardsState
     from ops.tunnels.supervisor import SupervisedTunnel
-    from workers.monitor_settings import MonitorSettings
+    from workers.settings import Settings
     from workers.tunnels import ViaTarget
 
 StateOpt = Annotated[
@@ -70,10 +70,10 @@ def _state(path: Path | None) -> ForwardsState:
     return ForwardsState(path or DEFAULT_STATE_FILE)
 
 
-def _pool(c: Context, monitor: MonitorSettings) -> SSHPool:
+def _pool(c: Context, settings: Settings) -> SSHPool:
     from workers.scan.runtime import build_ssh_pool
 
-    return build_ssh_pool(monitor, c.fleet)
+    return build_ssh_pool(settings, c.fleet)
 
 
 # -- forward / forwards -------------------------------------------------------------------
@@ -197,11 +197,11 @@ def forward(
     (reconnect with backoff) until Ctrl-C or SIGTERM."""
     c: Context = ctx.obj
     c.fleet_required = False
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    settings = _settings(c, ssh_config, known_hosts, accept_new_host_keys)
     state = _state(state_file)
     console = Console(stderr=True)
-    with _pool(c, monitor) as pool, _until_signal() as stop:
-        targets = _targets(c, pool, list(hosts or []), search, ports, monitor.http_timeout)
+    with _pool(c, settings) as pool, _until_signal() as stop:
+        targets = _targets(c, pool, list(hosts or []), search, ports, settings.http_timeout)
         if not targets:
             raise typer.BadParameter("no servers to forward (no `via` instances, none found)")
         tunnels: list[SupervisedTunnel] = []
@@ -238,19 +238,19 @@ def forwards(ctx: typer.Context, state_file: StateOpt = None, as_json: JsonOpt =
 
 
 def _servers(
-    c: Context, monitor: MonitorSettings, template: str | None, sock: str | None
+    c: Context, settings: Settings, template: str | None, sock: str | None
 ) -> RemoteServers:
     from ops.remote import DEFAULT_SERVE_COMMAND, RemoteServers
 
     return RemoteServers(
-        ssh_pool=_pool(c, monitor),
+        ssh_pool=_pool(c, settings),
         command_template=template or DEFAULT_SERVE_COMMAND,
         tmux_socket=sock,
-        http_timeout=monitor.http_timeout,
+        http_timeout=settings.http_timeout,
     )
 
 
-def _auto_gpus(c: Context, monitor: MonitorSettings, host: str, count: int) -> tuple[int, ...]:
+def _auto_gpus(c: Context, settings: Settings, host: str, count: int) -> tuple[int, ...]:
     """``count`` GPUs the latest stored scan of ``host`` calls idle (the idle rule held:
     never a GPU still warming up, nor one whose readings are unknown).
 
@@ -259,7 +259,7 @@ def _auto_gpus(c: Context, monitor: MonitorSettings, host: str, count: int) -> t
     from ops.remote import RemoteArgumentError
     from workers.scan.snapshots import IDLE, UNKNOWN, WARMING, gpu_view
 
-    rule = monitor.idle_rule
+    rule = settings.idle_rule
     (view,) = gpu_view(c.ledger.engine, [host], history=1, rule=rule)
     hint = f"`vfleet gpu --live {host}` scans now"
     if view.taken_at is None or view.error:
@@ -347,9 +347,9 @@ def serve(
     c: Context = ctx.obj
     c.fleet_required = False
     check_host(host)
-    monitor = _monitor(ssh_config, known_hosts, accept_new_host_keys)
+    settings = _settings(c, ssh_config, known_hosts, accept_new_host_keys)
     chosen = (
-        _auto_gpus(c, monitor, host, tp or 1)
+        _auto_gpus(c, settings, host, tp or 1)
         if gpus == "auto"
         else parse_gpus(gpus or "")
         if gpus
@@ -359,7 +359,7 @@ def serve(
     spec = ServeSpec.checked(
         host, model, port, gpus=chosen, tp=tp, lifetime=life, extra=extra or []
     )
-    servers = _servers(c, monitor, command, tmux_socket)
+    servers = _servers(c, settings, command, tmux_socket)
     with servers.pool:
         started = servers.launch(spec)
         typer.echo(f"started {spec.session} on {host}: {started}", err=True)
@@ -389,7 +389,7 @@ def sessions(
     c.fleet_required = False
     names = [check_host(h) for h in hosts or []] or list(c.fleet.hosts)
     servers = _servers(
-        c, _monitor(ssh_config, known_hosts, accept_new_host_keys), None, tmux_socket
+        c, _settings(c, ssh_config, known_hosts, accept_new_host_keys), None, tmux_socket
     )
     with servers.pool:
         results = servers.pool.map(names, servers.sessions)
@@ -429,7 +429,7 @@ def stop(
     c.fleet_required = False
     host, port = parse_host_port(server)
     servers = _servers(
-        c, _monitor(ssh_config, known_hosts, accept_new_host_keys), None, tmux_socket
+        c, _settings(c, ssh_config, known_hosts, accept_new_host_keys), None, tmux_socket
     )
     with servers.pool:
         servers.stop(host, port, timeout=timeout)

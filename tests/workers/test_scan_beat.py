@@ -10,14 +10,14 @@ import redis
 
 from workers.beat import BeatAlreadyRunningError, BeatLock, beat_schedule
 from workers.keys import BEAT_LOCK
-from workers.monitor_settings import MonitorSettings
 from workers.queues import SCAN_QUEUE
+from workers.settings import Settings
 
 
 def test_every_entry_goes_to_the_scan_queue_and_expires_before_the_next_tick(
     clean_env: dict[str, str],
 ) -> None:
-    schedule = beat_schedule(MonitorSettings())
+    schedule = beat_schedule(Settings())
     assert {e["task"]: e["schedule"] for e in schedule.values()} == {
         "vfleet.scan_gpus": 30.0,
         "vfleet.scan_vllm": 10.0,
@@ -32,7 +32,7 @@ def test_every_entry_goes_to_the_scan_queue_and_expires_before_the_next_tick(
 def test_intervals_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("VFLEET_GPU_SCAN_INTERVAL", "5")
     monkeypatch.setenv("VFLEET_SNAPSHOT_RETENTION", "60")
-    m = MonitorSettings()
+    m = Settings()
     assert beat_schedule(m)["scan-gpus"]["schedule"] == 5.0
     assert m.snapshot_retention == 60.0 and m.health_ttl == 30
 

@@ -8,15 +8,14 @@ from __future__ import annotations
 
 from celery import Celery, Task
 
-from workers.celery_app import runtime_of
 from workers.queues import PROCESS_RECORD_TASK
-from workers.runtime import WorkerRuntime
+from workers.state import state_of
 
 
 def register_record_tasks(app: Celery) -> None:
     @app.task(name=PROCESS_RECORD_TASK, bind=True, max_retries=0)  # type: ignore[untyped-decorator]
     def process_record(self: Task, record_id: int, hedge: bool = False) -> str:
-        runtime: WorkerRuntime = runtime_of(self.app)
+        runtime = state_of(self.app).worker_runtime()
         worker = self.request.hostname or "?"
         if hedge:  # a second run of a record in a batch's tail (workers.hedging)
             return runtime.hedge(int(record_id), worker=worker)

@@ -7,7 +7,6 @@ and not retried: the next beat tick scans again, and every beat entry expires.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -15,44 +14,19 @@ from celery import Celery, Task
 from sqlalchemy.exc import SQLAlchemyError
 
 from ops.errors import OpsError
-from workers.celery_app import fleet_of, settings_of
 from workers.errors import VfleetError
-from workers.monitor_settings import build_monitor_settings
-from workers.queues import SCAN_QUEUE
-from workers.scan.runtime import ScanRuntime, build_scan_runtime
+from workers.queues import PRUNE_SNAPSHOTS_TASK, SCAN_GPUS_TASK, SCAN_QUEUE, SCAN_VLLM_TASK
+from workers.scan.runtime import ScanRuntime
+from workers.state import state_of
 
 logger = logging.getLogger(__name__)
 
-SCAN_GPUS_TASK = "vfleet.scan_gpus"
-SCAN_VLLM_TASK = "vfleet.scan_vllm"
-PRUNE_SNAPSHOTS_TASK = "vfleet.prune_snapshots"
-RECONCILE_TASK = "vfleet.reconcile"  # registered by the reconciler; only scheduled here
-
 _EXPECTED = (SQLAlchemyError, OpsError, VfleetError, OSError)
-_SCAN_RUNTIME_ATTR = "vfleet_scan_runtime"
-_build_lock = threading.Lock()
-
-
-def install_scan_runtime(app: Celery, runtime: ScanRuntime) -> None:
-    """Attach the scan runtime ``vfleet scan-worker`` built at its entry point."""
-    setattr(app, _SCAN_RUNTIME_ATTR, runtime)
-
-
-def scan_runtime(app: Celery) -> ScanRuntime:
-    """The app's scan runtime; built on first use from the app's settings and the
-    environment when the worker was started some other way (plain ``celery worker``)."""
-    with _build_lock:
-        runtime = getattr(app, _SCAN_RUNTIME_ATTR, None)
-        if runtime is None:
-            runtime = build_scan_runtime(settings_of(app), fleet_of(app), build_monitor_settings())
-            install_scan_runtime(app, runtime)
-    assert isinstance(runtime, ScanRuntime)
-    return runtime
 
 
 def _guarded(task: Task, what: str, call: Callable[[ScanRuntime], Any]) -> Any:
     try:
-        return call(scan_runtime(task.app))
+        return call(state_of(task.app).scan_runtime())
     except _EXPECTED as e:
         logger.warning("%s failed (task %s): %s: %s", what, task.request.id, type(e).__name__, e)
         return {"error": f"{type(e).__name__}: {e}"}
