@@ -4,9 +4,9 @@ Only the CLI root configures logging (:func:`configure_logging`); modules just
 ``logging.getLogger(__name__)``. Both formats:
 
 * carry ``batch``, ``record``, ``instance`` and ``task_id`` where a line is about a record:
-  from ``extra=`` when the caller gave them, else from the Celery task being run (or the task
-  a Celery trace line is about), else from the ``record N batch B instance I`` text that
-  :mod:`workers.runtime` writes;
+  from ``extra=`` when the caller gave them, else from the Celery task a trace line is about
+  or the one being run, else from the record the runtime is working on in this thread
+  (:mod:`workers.logcontext`);
 * never show a secret: passwords in URLs are masked and every value given to
   :func:`redact` is replaced by ``***``.
 
@@ -24,19 +24,16 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
+from workers import logcontext
 from workers.queues import PROCESS_RECORD_TASK
 from workers.settings import mask_url
 
 LogFormat = Literal["text", "json"]
 LOG_FORMATS: tuple[LogFormat, ...] = ("text", "json")
 DEFAULT_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-RECORD_FIELDS = ("batch", "record", "instance", "task_id")
+RECORD_FIELDS = logcontext.FIELDS
 MASK = "***"
 _MIN_SECRET_LEN = 4
-# What workers.runtime writes today: "record 12 batch judge-v1 instance gpu1-8001".
-_RECORD_TEXT = re.compile(
-    r"\brecord (?P<record>\d+)(?: batch (?P<batch>\S+))?(?: instance (?P<instance>\S+))?"
-)
 _ARGS_REPR = re.compile(r"^[(\[]\s*(\d+)\s*,?\s*[)\]]$")
 # LogRecord attributes that are not ``extra=`` fields.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -74,7 +71,7 @@ class RecordContextFilter(logging.Filter):
         if any(v is None for v in fields.values()):
             _fill(fields, _from_trace_args(record))
             _fill(fields, _from_current_task())
-            _fill(fields, _from_text(record))
+            _fill(fields, logcontext.current())
             _fill(fields, self.defaults)
         for key, value in fields.items():
             setattr(record, key, value)
@@ -120,15 +117,6 @@ def _from_current_task() -> dict[str, Any]:
         "record": _record_id(task.name, request.args),
         "instance": hostname.split("@", 1)[0] or None,
     }
-
-
-def _from_text(record: logging.LogRecord) -> dict[str, Any]:
-    if record.name.startswith("celery"):
-        return {}
-    m = _RECORD_TEXT.search(record.getMessage())
-    if m is None:
-        return {}
-    return {"record": int(m["record"]), "batch": m["batch"], "instance": m["instance"]}
 
 
 class TextFormatter(logging.Formatter):

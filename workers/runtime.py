@@ -19,6 +19,7 @@ from workers import errors
 from workers.fleet import InstanceConfig
 from workers.health import HealthGate
 from workers.judge import ChatClient, judge_record
+from workers.logcontext import record_context
 from workers.provenance import InstanceProvenance
 from workers.retry import Action, RetryPolicy
 from workers.settings import Settings
@@ -32,21 +33,15 @@ T = TypeVar("T")
 
 
 class _Where:
-    """A record's identity in log lines: in the text, and as fields for JSON logs."""
+    """A record's identity in the text of a log line (JSON lines get the same as fields,
+    from :mod:`workers.logcontext`)."""
 
     def __init__(self, claim: Claim, instance: str, task_id: str | None) -> None:
-        self.extra = {
-            "record": claim.record_id,
-            "batch": claim.batch.name,
-            "instance": instance,
-            "task_id": task_id,
-        }
+        self.text = f"record {claim.record_id} batch {claim.batch.name} instance {instance}"
+        self.text += f" task {task_id}"
 
     def __str__(self) -> str:
-        e = self.extra
-        return (
-            f"record {e['record']} batch {e['batch']} instance {e['instance']} task {e['task_id']}"
-        )
+        return self.text
 
 
 @dataclass
@@ -112,7 +107,13 @@ class WorkerRuntime:
         """Claim and judge one record; return what became of it: ``succeeded``, ``failed``,
         ``retry`` (it waits in the ledger), ``given back`` (this worker cannot run it now:
         unclaimed, due again shortly), ``skipped`` (not claimable) or ``lost`` (another
-        result was stored first)."""
+        result was stored first). Every line logged meanwhile names the record."""
+        with record_context(record=record_id, instance=self.instance.name, task_id=task_id) as ctx:
+            return self._process(record_id, ctx, worker=worker, task_id=task_id)
+
+    def _process(
+        self, record_id: int, ctx: dict[str, Any], *, worker: str, task_id: str | None
+    ) -> str:
         if self.draining:
             return self._give_back(record_id, f"worker {self.worker_name} is shutting down")
         if self.gate is not None and not self.gate.healthy:
@@ -130,9 +131,9 @@ class WorkerRuntime:
                 "record %s: not claimable (done, owned elsewhere or unknown), task %s",
                 record_id,
                 task_id,
-                extra={"record": record_id, "task_id": task_id, "instance": self.instance.name},
             )
             return "skipped"
+        ctx["batch"] = claim.batch.name
         with self._lock:
             self._inflight[record_id] = claim.attempts
         try:
@@ -151,6 +152,10 @@ class WorkerRuntime:
         """Run a record that another instance is running, and store the answer if it comes
         first (:mod:`workers.hedging`). Best effort: an error or a lost race changes
         nothing, the owner's attempt goes on."""
+        with record_context(record=record_id, instance=self.instance.name):
+            return self._hedge(record_id, worker=worker)
+
+    def _hedge(self, record_id: int, *, worker: str) -> str:
         if self.draining or (self.gate is not None and not self.gate.healthy):
             return "skipped"
         peeked = self._db(self.ledger.peek_running, record_id)
@@ -179,7 +184,7 @@ class WorkerRuntime:
         if not self._db(self.ledger.succeed, claim, outcome):
             # A hedge finished it first, or the lease expired and another worker took it:
             # the stored result stands, this answer is dropped.
-            logger.info("%s: finished elsewhere first; answer dropped", where, extra=where.extra)
+            logger.info("%s: finished elsewhere first; answer dropped", where)
             return "lost"
         return "succeeded"
 
@@ -207,7 +212,7 @@ class WorkerRuntime:
                 completion_tokens=e.completion_tokens,
                 finish_reason=e.finish_reason,
             )
-            logger.warning("%s failed (%s): %s", where, e.kind, decision.reason, extra=where.extra)
+            logger.warning("%s failed (%s): %s", where, e.kind, decision.reason)
             return "failed"
         self._db(self.ledger.retry_later, claim, kind=e.kind, message=str(e), delay=decision.delay)
         logger.info(
@@ -216,6 +221,5 @@ class WorkerRuntime:
             claim.attempts,
             e,
             decision.delay,
-            extra=where.extra,
         )
         return "retry"

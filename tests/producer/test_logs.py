@@ -26,6 +26,7 @@ from producer.logs import (
 )
 from tests.pipeline import Pipeline, judge_rows, write_jsonl
 from tests.services import missing
+from workers.logcontext import record_context
 
 PASSWORD = "Red1s-S3cret-9f2a"
 API_KEY = "sk-test-0123456789abcdef"
@@ -60,9 +61,15 @@ def test_json_line_carries_the_fields_given_as_extra() -> None:
     assert data["ts"].endswith("+00:00")
 
 
-def test_json_line_reads_record_fields_from_the_runtime_text() -> None:
-    data = _format_json(_record("record %s batch %s instance %s failed", 12, "judge-v1", "gpu2"))
+def test_json_line_reads_record_fields_from_the_record_being_worked_on() -> None:
+    with record_context(record=12, instance="gpu2") as ctx:
+        ctx["batch"] = "judge-v1"
+        data = _format_json(
+            logging.LogRecord("httpx2", logging.INFO, __file__, 1, "POST", (), None)
+        )
     assert (data["record"], data["batch"], data["instance"]) == (12, "judge-v1", "gpu2")
+    after = _format_json(logging.LogRecord("httpx2", logging.INFO, __file__, 1, "POST", (), None))
+    assert "record" not in after
 
 
 def test_json_line_reads_task_id_and_record_from_celery_trace_args() -> None:
