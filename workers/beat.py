@@ -2,7 +2,7 @@
 
 Entries go to the ``scan`` queue and expire just before the next tick, so nothing piles up
 while the scan worker is down. Exactly one beat runs: ``--pidfile`` keeps a second one off
-this host, and :class:`BeatLock` (``SET NX`` with a TTL the running beat keeps refreshing)
+this host, and :class:`BeatLock` (a Redis lock with a TTL the running beat keeps refreshing)
 keeps it off every other host sharing the broker.
 """
 
@@ -11,15 +11,17 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
-import uuid
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import LockError, LockNotOwnedError, RedisError
+from redis.lock import Lock
+
 from workers.errors import VfleetError
 from workers.keys import BEAT_LOCK
+from workers.locks import process_token
 from workers.queues import (
     PRUNE_SNAPSHOTS_TASK,
     RECONCILE_TASK,
@@ -36,19 +38,6 @@ logger = logging.getLogger(__name__)
 
 # An entry expires at this fraction of its interval: a late message is dropped, not run.
 EXPIRES_FRACTION = 0.9
-
-_REFRESH = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
 
 
 class BeatAlreadyRunningError(VfleetError):
@@ -78,7 +67,8 @@ def _terminate_self() -> None:
 
 
 class BeatLock:
-    """Hold ``key`` in Redis while the beat runs; refresh its TTL every third of it.
+    """Hold ``key`` in Redis while the beat runs (:class:`redis.lock.Lock`, refreshed every
+    third of its TTL with ``reacquire``).
 
     If the lock is lost (expired while the process stalled, and taken by another beat),
     ``on_lost`` is called — by default this process stops itself with SIGTERM.
@@ -93,16 +83,17 @@ class BeatLock:
         on_lost: Callable[[], None] = _terminate_self,
     ) -> None:
         self.redis = redis_client
-        self.ttl_ms = int(ttl * 1000)
+        self.ttl = ttl
         self.key = key
-        self.token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.token = process_token()
         self.on_lost = on_lost
+        self._lock = Lock(redis_client, key, timeout=ttl, blocking=False, thread_local=False)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def acquire(self) -> None:
         """Take the lock or raise :class:`BeatAlreadyRunningError` naming its holder."""
-        if self.redis.set(self.key, self.token, nx=True, px=self.ttl_ms):
+        if self._lock.acquire(token=self.token):
             self._thread = threading.Thread(target=self._refresh, name="beat-lock", daemon=True)
             self._thread.start()
             logger.info("beat lock %s taken by %s", self.key, self.token)
@@ -116,25 +107,23 @@ class BeatLock:
         )
 
     def _refresh(self) -> None:
-        interval = self.ttl_ms / 3000
-        while not self._stop.wait(interval):
+        while not self._stop.wait(self.ttl / 3):
             try:
-                held = self.redis.eval(_REFRESH, 1, self.key, self.token, self.ttl_ms)
-            except Exception as e:  # Redis down: keep trying until the TTL runs out
-                logger.warning("beat lock refresh failed: %s", e)
-                continue
-            if not held:
+                self._lock.reacquire()
+            except LockNotOwnedError:
                 logger.error("beat lock %s lost to another beat: stopping", self.key)
                 self.on_lost()
                 return
+            except RedisError as e:  # Redis down: keep trying until the TTL runs out
+                logger.warning("beat lock refresh failed: %s", e)
 
     def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5)
         try:
-            self.redis.eval(_RELEASE, 1, self.key, self.token)
-        except Exception as e:  # the TTL frees it anyway
+            self._lock.release()
+        except (LockError, RedisError) as e:  # not ours any more, or Redis away: TTL frees it
             logger.warning("beat lock release failed: %s", e)
 
     def __enter__(self) -> BeatLock:
