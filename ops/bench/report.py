@@ -197,7 +197,7 @@ def render(
     existing: str,
 ) -> str:
     """The whole ``BENCHMARKS.md``."""
-    lines = [TITLE, "", "Targets (issue 5), from the run below:", "", *_targets_table(targets), ""]
+    lines = [TITLE, "", "Targets, from the run below:", "", *_targets_table(targets), ""]
     if results or failures:
         lines += _intro(options, meta)
         lines += ["### Results", "", *_results_table(results), ""]

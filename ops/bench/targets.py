@@ -1,4 +1,4 @@
-"""The issue's targets, each judged met or not against the measured figures."""
+"""The benchmark's targets, each judged met or not against the measured figures."""
 
 from __future__ import annotations
 
@@ -104,7 +104,7 @@ def evaluate(
     enqueue: EnqueueBench | None,
     failures: list[RunFailure] | None = None,
 ) -> list[Target]:
-    """Every target, in the issue's order (a vfleet run that failed fails the last one)."""
+    """Every target, in a fixed order (a vfleet run that failed fails the last one)."""
     return [
         _ratio_ideal(results),
         _ratio_capacity(results),
