@@ -17,6 +17,7 @@ four times, for English), never under.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 MESSAGE_OVERHEAD = 16
@@ -24,6 +25,9 @@ MESSAGE_OVERHEAD = 16
 
 MIN_ANSWER_TOKENS = 32
 """Below this many tokens of room, an invalid answer is dropped from a re-ask, not cut."""
+
+NEED_MARGIN = 32
+"""A re-ask's answer gets room for the last answer's length plus this many tokens."""
 
 
 def text_tokens(text: str) -> int:
@@ -58,21 +62,39 @@ def messages_tokens(messages: list[dict[str, str]]) -> int:
     return sum(text_tokens(m.get("content") or "") + MESSAGE_OVERHEAD for m in messages)
 
 
-def reask_room(
+@dataclass(frozen=True)
+class ReaskFit:
+    """How a re-ask fits the context: room for the invalid answer's text (0: leave it out)
+    and the completion budget (``max_tokens``) to send with it."""
+
+    answer_tokens: int
+    max_tokens: int
+
+
+def fit_reask(
     *,
     max_model_len: int,
     prompt_tokens: int,
-    reserve: int,
+    max_tokens: int,
+    need: int,
     correction: str,
-) -> int | None:
-    """Tokens left for the invalid answer's text in a re-ask.
+    answer: str,
+) -> ReaskFit | None:
+    """Fit a re-ask (prompt, invalid answer, correction) into ``max_model_len``.
 
-    The re-ask is the prompt (``prompt_tokens``), the invalid answer and the ``correction``
-    message, with ``reserve`` tokens left for the new answer. Returns the room for the
-    answer's text (below :data:`MIN_ANSWER_TOKENS`: drop it), or None when even the
-    prompt and the correction alone leave less than ``reserve``.
+    In order of preference: the whole answer with the full ``max_tokens``; the answer cut
+    (or left out) to keep ``max_tokens``; no answer and a ``max_tokens`` lowered to what is
+    left, if that is at least ``need`` (what the new answer should take: about as much as
+    the last one). None when not even that fits.
     """
-    alone = prompt_tokens + MESSAGE_OVERHEAD + text_tokens(correction) + reserve
-    if alone > max_model_len:
-        return None
-    return max_model_len - alone - MESSAGE_OVERHEAD
+    base = prompt_tokens + MESSAGE_OVERHEAD + text_tokens(correction)
+    whole = text_tokens(answer) + MESSAGE_OVERHEAD
+    if base + whole + max_tokens <= max_model_len:
+        return ReaskFit(whole - MESSAGE_OVERHEAD, max_tokens)
+    room = max_model_len - base - max_tokens - MESSAGE_OVERHEAD
+    if room >= MIN_ANSWER_TOKENS:
+        return ReaskFit(room, max_tokens)
+    left = max_model_len - base
+    if left >= min(need, max_tokens):
+        return ReaskFit(0, min(left, max_tokens))
+    return None

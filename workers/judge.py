@@ -94,6 +94,7 @@ class _Window:
 
     max_model_len: int | None
     max_tokens: int | None
+    max_tokens_param: str = "max_tokens"
 
 
 def _window(spec: Spec, client: ChatClient) -> _Window:
@@ -104,7 +105,8 @@ def _window(spec: Spec, client: ChatClient) -> _Window:
             f"max_tokens {max_tokens} is over the model's context of {window} tokens: "
             "lower the spec's max_tokens"
         )
-    return _Window(window, max_tokens)
+    name = "max_completion_tokens" if "max_completion_tokens" in spec.params else "max_tokens"
+    return _Window(window, max_tokens, name)
 
 
 def _truncated(spec: Spec, completion: Completion, tally: _Tally) -> errors.TruncatedError:
@@ -121,32 +123,37 @@ def _reask(
     completion: Completion,
     error: str,
     window: _Window,
-) -> list[dict[str, str]] | None:
-    """The re-ask after an invalid answer, fitted into the context; None if it cannot fit.
+    params: dict[str, Any],
+) -> tuple[list[dict[str, str]], dict[str, Any]] | None:
+    """The re-ask after an invalid answer and its parameters, fitted into the context
+    (:func:`workers.budget.fit_reask`); None if it cannot fit.
 
     The prompt's tokens are the server's own count; the invalid answer and the correction
     are counted by :mod:`workers.budget`'s upper bounds. An answer that does not fit whole
-    is shortened, or left out (the correction alone follows the prompt).
+    is shortened or left out, and ``max_tokens`` lowered to what the context has left.
     """
     if window.max_model_len is None:
-        return reask_messages(messages, completion.text, error)
+        return reask_messages(messages, completion.text, error), params
     correction = reask_messages([], "", error, answer_chars=0)[0]["content"]
-    prompt = completion.prompt_tokens or budget.messages_tokens(messages)
-    # The new answer may need as much as the request allows: without max_tokens vLLM
-    # allows the whole context, and we keep room for an answer as long as the last one.
-    reserve = window.max_tokens or max(completion.completion_tokens or 0, 1)
-    room = budget.reask_room(
+    last = completion.completion_tokens or budget.text_tokens(completion.text)
+    need = last + budget.NEED_MARGIN
+    fit = budget.fit_reask(
         max_model_len=window.max_model_len,
-        prompt_tokens=prompt,
-        reserve=reserve,
+        prompt_tokens=completion.prompt_tokens or budget.messages_tokens(messages),
+        # Without max_tokens vLLM allows what the context has left: plan for ``need``.
+        max_tokens=window.max_tokens or need,
+        need=need,
         correction=correction,
+        answer=completion.text,
     )
-    if room is None:
+    if fit is None:
         return None
-    if budget.text_tokens(completion.text) <= room:
-        return reask_messages(messages, completion.text, error)
-    keep = budget.prefix_for(completion.text, room) if room >= budget.MIN_ANSWER_TOKENS else 0
-    return reask_messages(messages, completion.text, error, answer_chars=keep)
+    whole = budget.text_tokens(completion.text) <= fit.answer_tokens
+    keep = None if whole else budget.prefix_for(completion.text, fit.answer_tokens)
+    reask = reask_messages(messages, completion.text, error, answer_chars=keep)
+    if window.max_tokens is None or fit.max_tokens == window.max_tokens:
+        return reask, params
+    return reask, {**params, window.max_tokens_param: fit.max_tokens}
 
 
 def _ask(
@@ -158,6 +165,9 @@ def _ask(
     window: _Window,
 ) -> tuple[str, dict[str, Any] | None]:
     """One question, re-asked up to ``spec.max_reasks`` times while the answer is invalid.
+
+    A re-ask whose ``max_tokens`` had to be lowered to fit the context, and whose answer is
+    then cut, fails as truncated like any other cut answer.
 
     Raises :class:`workers.errors.TruncatedError` for an answer cut by ``max_tokens``
     that cannot be used, and :class:`workers.errors.OutputInvalidError` when the answer
@@ -185,14 +195,14 @@ def _ask(
         except InvalidOutputError as e:
             error = str(e)
         if attempt < tries:
-            reask = _reask(messages, completion, error, window)
+            reask = _reask(messages, completion, error, window, params)
             if reask is None:
                 raise errors.OutputInvalidError(
                     f"invalid output, and a re-ask would not fit the {window.max_model_len}-"
                     f"token context: {error}",
                     **tally.evidence(completion.text),
                 )
-            messages = reask
+            messages, params = reask
     assert last is not None
     raise errors.OutputInvalidError(
         f"invalid output after {tries} tries: {error}", **tally.evidence(last.text)

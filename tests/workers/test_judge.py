@@ -174,25 +174,39 @@ def _upper_bound(messages: list[dict[str, str]], prompt_tokens: int, base: int) 
 
 
 @pytest.mark.parametrize(
-    ("prompt_tokens", "expect"),
-    [(100, "whole"), (500, "cut"), (600, "dropped"), (700, "none")],
+    ("prompt_tokens", "expect", "max_tokens"),
+    [
+        (100, "whole", 256),
+        (500, "cut", 256),
+        (600, "dropped", 256),
+        # max_tokens lowered to what is left (1024 - 700 - 16 - 114), above the last answer's
+        # 100 tokens plus the margin:
+        (700, "dropped", 194),
+        (800, "none", None),
+    ],
 )
-def test_a_reask_fits_the_context_whole_cut_or_without_the_answer(
-    prompt_tokens: int, expect: str
+def test_a_reask_fits_the_context_whole_cut_without_the_answer_or_not_at_all(
+    prompt_tokens: int, expect: str, max_tokens: int | None
 ) -> None:
     messages = [{"role": "user", "content": "q"}]
-    bad = "{" + "x" * 399
+    bad = "{" + "x" * 399  # 100 tokens by the server's count, 401 by our upper bound
     window = _Window(max_model_len=1024, max_tokens=256)
-    reask = _reask(messages, _completion(bad, prompt_tokens), "invalid JSON: oops", window)
+    params = {"temperature": 0, "max_tokens": 256}
+    fitted = _reask(messages, _completion(bad, prompt_tokens), "invalid JSON: oops", window, params)
     if expect == "none":
-        assert reask is None
+        assert fitted is None
         return
-    assert reask is not None and reask[0] == messages[0]
-    assert _upper_bound(reask, prompt_tokens, 1) + 256 <= 1024
+    assert fitted is not None
+    reask, sent = fitted
+    assert reask[0] == messages[0] and sent["max_tokens"] == max_tokens
+    assert sent["temperature"] == 0 and params["max_tokens"] == 256
+    assert _upper_bound(reask, prompt_tokens, 1) + sent["max_tokens"] <= 1024
     roles = [m["role"] for m in reask]
     if expect == "dropped":
         assert roles == ["user", "user"]
     else:
         assert roles == ["user", "assistant", "user"]
-        sent = reask[1]["content"]
-        assert sent == bad if expect == "whole" else sent.endswith(CUT_MARK) and len(sent) < 400
+        answer = reask[1]["content"]
+        assert (
+            answer == bad if expect == "whole" else answer.endswith(CUT_MARK) and len(answer) < 400
+        )
