@@ -112,6 +112,9 @@ FINGERPRINT_VERSION = 1
 MAX_ERROR_CHARS = 300
 """Validation messages are cut to this length: they go back to the model in a re-ask."""
 
+SHORT_ERROR_CHARS = 120
+"""A validator's message longer than this quotes the value: it is replaced by what failed."""
+
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)
 _THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
@@ -338,13 +341,27 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
     error = jsonschema.exceptions.best_match(_validator(spec.json_schema).iter_errors(answer))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
-        message = f"{where}: {error.message}" if where else error.message
+        message = _schema_message(error)
+        message = f"{where}: {message}" if where else message
         raise InvalidOutputError(_cut(f"schema violation: {message}"), raw=text)
     if spec.labels is not None and answer.get(LABEL_FIELD) not in spec.labels:
         raise InvalidOutputError(
             _cut(f"label {answer.get(LABEL_FIELD)!r} is not one of {spec.labels}"), raw=text
         )
     return answer
+
+
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, or, when it quotes a long value ("'...' is too long"), what
+    was violated without the value: it goes back to the model in a re-ask, whose room in
+    the context is short, and a message cut at MAX_ERROR_CHARS would lose its point."""
+    if len(error.message) <= SHORT_ERROR_CHARS:
+        return error.message
+    size = ""
+    if isinstance(error.instance, str | list | dict):
+        unit = "characters" if isinstance(error.instance, str) else "items"
+        size = f" (has {len(error.instance)} {unit})"
+    return f"violates {error.validator} {error.validator_value!r}{size}"
 
 
 def reask_messages(

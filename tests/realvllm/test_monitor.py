@@ -28,9 +28,9 @@ def live(fleet: RealFleet) -> dict[str, dict[str, object]]:
 
 @pytest.fixture
 def load(vllm_servers: list[VLLMServer]) -> Iterator[VLLMServer]:
-    """Long free-text requests on the first server, more than max-num-seqs at once, for
-    about a minute: the server's /metrics answers slowly under load, so a short load would
-    be over before a scrape saw it. Cut short when the test ends."""
+    """Long free-text requests on the first server, more than max-num-seqs at once, sent
+    again as each ends until the test is over: the server's /metrics answers slowly under
+    load, and a load of fixed size could be over before a scrape saw it."""
     server = vllm_servers[0]
     body = {
         "model": MODEL_NAME,
@@ -44,13 +44,15 @@ def load(vllm_servers: list[VLLMServer]) -> Iterator[VLLMServer]:
     ended = threading.Event()
 
     def ask() -> None:
-        try:
-            client.post("/chat/completions", json=body).raise_for_status()
-        except Exception as e:  # reported by the test, not lost in a thread
-            if not ended.is_set():
-                errors.append(e)
+        while not ended.is_set():
+            try:
+                client.post("/chat/completions", json=body).raise_for_status()
+            except Exception as e:  # reported by the test, not lost in a thread
+                if not ended.is_set():
+                    errors.append(e)
+                return
 
-    threads = [threading.Thread(target=ask, daemon=True) for _ in range(3 * MAX_NUM_SEQS)]
+    threads = [threading.Thread(target=ask, daemon=True) for _ in range(2 * MAX_NUM_SEQS)]
     for t in threads:
         t.start()
     yield server
