@@ -16,8 +16,8 @@ from tests.vllm_server import VLLMServer, group_members
 
 pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(2400)]
 
-SHARED = 120
-AFTER = 40
+SHARED = 80
+AFTER = 24
 
 
 def rows(n: int, prefix: str) -> list[dict[str, str]]:

@@ -85,18 +85,38 @@ def test_the_builtin_specs_are_the_five_tested_here() -> None:
     assert builtin_spec_names() == ["analyze", "analyze-json", "classify", "judge", "pairwise"]
 
 
-@pytest.mark.parametrize("temperature", [0, 1])
-@pytest.mark.parametrize("spec", ["judge", "pairwise", "classify", "analyze", "analyze-json"])
+SPECS = ["judge", "pairwise", "classify", "analyze", "analyze-json"]
+TEMPERATURES = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def batches(real_fleet: RealFleet, tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    """Every batch of this module, enqueued at once: the servers stay full, with no batch's
+    tail (or enqueue) waiting on the last. Returns the batch names and their sizes."""
+    tmp = tmp_path_factory.mktemp("specs")
+    names: dict[str, int] = {}
+    for temperature in TEMPERATURES:
+        for spec in SPECS:
+            batch = f"{spec}-t{temperature}"
+            src = write_jsonl(tmp / f"{batch}.jsonl", rows(spec, RECORDS))
+            extra = ("--labels", LABELS) if spec == "classify" else ()
+            spec_file = spec_at(spec, temperature, tmp)
+            real_fleet.enqueue(src, batch, "--spec", spec_file, "--key", "id", *extra)
+            names[batch] = RECORDS
+        batch = f"openai-t{temperature}"
+        src = write_jsonl(tmp / f"{batch}.jsonl", batch_lines(RECORDS, temperature))
+        real_fleet.enqueue(src, batch, "--format", "openai")
+        names[batch] = RECORDS
+    return names
+
+
+@pytest.mark.parametrize("temperature", TEMPERATURES)
+@pytest.mark.parametrize("spec", SPECS)
 def test_builtin_spec_succeeds_on_real_vllm(
-    real_fleet: RealFleet, tmp_path: Path, spec: str, temperature: float
+    real_fleet: RealFleet, batches: dict[str, int], spec: str, temperature: float
 ) -> None:
     batch = f"{spec}-t{temperature}"
-    src = write_jsonl(tmp_path / "in.jsonl", rows(spec, RECORDS))
-    extra = ("--labels", LABELS) if spec == "classify" else ()
-    real_fleet.enqueue(
-        src, batch, "--spec", spec_at(spec, temperature, tmp_path), "--key", "id", *extra
-    )
-    real_fleet.wait_done(batch, RECORDS)
+    real_fleet.wait_done(batch, batches[batch])
     rate = report(spec, temperature, real_fleet, batch, RECORDS)
     records = real_fleet.records(batch)
     assert rate >= MIN_SUCCESS, [(r.key, r.error_kind, r.error) for r in records if r.error]
@@ -149,14 +169,12 @@ def batch_lines(n: int, temperature: float) -> list[dict[str, Any]]:
     return out
 
 
-@pytest.mark.parametrize("temperature", [0, 1])
+@pytest.mark.parametrize("temperature", TEMPERATURES)
 def test_openai_batch_file_succeeds_on_real_vllm(
-    real_fleet: RealFleet, tmp_path: Path, temperature: float
+    real_fleet: RealFleet, batches: dict[str, int], tmp_path: Path, temperature: float
 ) -> None:
     batch = f"openai-t{temperature}"
-    src = write_jsonl(tmp_path / "batch.jsonl", batch_lines(RECORDS, temperature))
-    real_fleet.enqueue(src, batch, "--format", "openai")
-    real_fleet.wait_done(batch, RECORDS)
+    real_fleet.wait_done(batch, batches[batch])
     rate = report("openai batch", temperature, real_fleet, batch, RECORDS)
     assert rate >= MIN_SUCCESS
     out = tmp_path / "out.jsonl"
