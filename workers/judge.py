@@ -14,7 +14,7 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from workers import errors
+from workers import budget, errors
 from workers.spec import (
     LABEL_FIELD,
     OPENAI_PATHS,
@@ -52,18 +52,108 @@ class BatchClient(Protocol):
     def send(self, path: str, body: dict[str, Any]) -> RawResponse: ...
 
 
+@runtime_checkable
+class ContextAware(Protocol):
+    """A client that knows its model's context length (``/v1/models``' ``max_model_len``)."""
+
+    def max_model_len(self) -> int | None: ...
+
+
 SCORE_FIELD = "score"
 """The numeric property of a judge answer that votes are averaged over."""
+
+_FINISH_LENGTH = "length"
 
 
 @dataclass
 class _Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    finish_reason: str | None = None
 
     def add(self, c: Completion) -> None:
         self.prompt_tokens += c.prompt_tokens or 0
         self.completion_tokens += c.completion_tokens or 0
+        # A record of several answers (swap, votes) says "length" if any was cut.
+        if self.finish_reason != _FINISH_LENGTH:
+            self.finish_reason = c.finish_reason
+
+    def evidence(self, raw: str) -> dict[str, Any]:
+        """What a failed record keeps: the last answer and what the record cost."""
+        return {
+            "raw": raw,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "finish_reason": self.finish_reason,
+        }
+
+
+@dataclass(frozen=True)
+class _Window:
+    """The model's context and the request's completion budget, when known."""
+
+    max_model_len: int | None
+    max_tokens: int | None
+    max_tokens_param: str = "max_tokens"
+
+
+def _window(spec: Spec, client: ChatClient) -> _Window:
+    window = client.max_model_len() if isinstance(client, ContextAware) else None
+    max_tokens = budget.max_tokens_of(spec.params)
+    if window is not None and max_tokens is not None and max_tokens > window:
+        raise errors.ContextLengthError(
+            f"max_tokens {max_tokens} is over the model's context of {window} tokens: "
+            "lower the spec's max_tokens"
+        )
+    name = "max_completion_tokens" if "max_completion_tokens" in spec.params else "max_tokens"
+    return _Window(window, max_tokens, name)
+
+
+def _truncated(spec: Spec, completion: Completion, tally: _Tally) -> errors.TruncatedError:
+    what = "JSON answer" if spec.json_schema is not None else "answer"
+    return errors.TruncatedError(
+        f"the {what} was cut at max_tokens ({completion.completion_tokens} tokens) "
+        "before it ended: raise max_tokens, or bound the schema's strings (maxLength)",
+        **tally.evidence(completion.text),
+    )
+
+
+def _reask(
+    messages: list[dict[str, str]],
+    completion: Completion,
+    error: str,
+    window: _Window,
+    params: dict[str, Any],
+) -> tuple[list[dict[str, str]], dict[str, Any]] | None:
+    """The re-ask after an invalid answer and its parameters, fitted into the context
+    (:func:`workers.budget.fit_reask`); None if it cannot fit.
+
+    The prompt's tokens are the server's own count; the invalid answer and the correction
+    are counted by :mod:`workers.budget`'s upper bounds. An answer that does not fit whole
+    is shortened or left out, and ``max_tokens`` lowered to what the context has left.
+    """
+    if window.max_model_len is None:
+        return reask_messages(messages, completion.text, error), params
+    correction = reask_messages([], "", error, answer_chars=0)[0]["content"]
+    last = completion.completion_tokens or budget.text_tokens(completion.text)
+    need = last + budget.NEED_MARGIN
+    fit = budget.fit_reask(
+        max_model_len=window.max_model_len,
+        prompt_tokens=completion.prompt_tokens or budget.messages_tokens(messages),
+        # Without max_tokens vLLM allows what the context has left: plan for ``need``.
+        max_tokens=window.max_tokens or need,
+        need=need,
+        correction=correction,
+        answer=completion.text,
+    )
+    if fit is None:
+        return None
+    whole = budget.text_tokens(completion.text) <= fit.answer_tokens
+    keep = None if whole else budget.prefix_for(completion.text, fit.answer_tokens)
+    reask = reask_messages(messages, completion.text, error, answer_chars=keep)
+    if window.max_tokens is None or fit.max_tokens == window.max_tokens:
+        return reask, params
+    return reask, {**params, window.max_tokens_param: fit.max_tokens}
 
 
 def _ask(
@@ -72,20 +162,68 @@ def _ask(
     client: ChatClient,
     tally: _Tally,
     params: dict[str, Any],
+    window: _Window,
 ) -> tuple[str, dict[str, Any] | None]:
-    """One question, re-asked up to ``spec.max_reasks`` times while the answer is invalid."""
+    """One question, re-asked up to ``spec.max_reasks`` times while the answer is invalid.
+
+    A re-ask whose ``max_tokens`` had to be lowered to fit the context, and whose answer is
+    then cut, fails as truncated like any other cut answer.
+
+    Raises :class:`workers.errors.TruncatedError` for an answer cut by ``max_tokens``
+    that cannot be used, and :class:`workers.errors.OutputInvalidError` when the answer
+    stays invalid or a re-ask does not fit the context; both keep the last answer.
+    """
     fmt = response_format(spec)
-    for _ in range(spec.max_reasks + 1):
-        completion = client.chat(messages, params=params, response_format=fmt)
-        tally.add(completion)
+    tries = spec.max_reasks + 1
+    last: Completion | None = None
+    error = ""
+    for attempt in range(1, tries + 1):
         try:
-            return completion.text, parse_answer(spec, completion.text)
+            completion = client.chat(messages, params=params, response_format=fmt)
+        except errors.ContextLengthError as e:
+            if last is None:
+                raise
+            # The first prompt fitted; only a re-ask did not (the server counts otherwise
+            # than our bounds, or did not tell its context): the answer stays invalid.
+            raise errors.OutputInvalidError(
+                f"invalid output, and the re-ask was refused: {e}", **tally.evidence(last.text)
+            ) from e
+        tally.add(completion)
+        last = completion
+        try:
+            return _accept(spec, completion, tally)
         except InvalidOutputError as e:
-            last_error, last_raw = str(e), e.raw
-            messages = reask_messages(messages, completion.text, str(e))
+            error = str(e)
+        if attempt < tries:
+            reask = _reask(messages, completion, error, window, params)
+            if reask is None:
+                raise errors.OutputInvalidError(
+                    f"invalid output, and a re-ask would not fit the {window.max_model_len}-"
+                    f"token context: {error}",
+                    **tally.evidence(completion.text),
+                )
+            messages, params = reask
+    assert last is not None
     raise errors.OutputInvalidError(
-        f"invalid output after {spec.max_reasks + 1} tries: {last_error}", raw=last_raw
+        f"invalid output after {tries} tries: {error}", **tally.evidence(last.text)
     )
+
+
+def _accept(spec: Spec, completion: Completion, tally: _Tally) -> tuple[str, dict[str, Any] | None]:
+    """The answer's text and parsed output. Raises :class:`InvalidOutputError` (worth a
+    re-ask) or :class:`workers.errors.TruncatedError` (not: it would be cut again)."""
+    cut = completion.finish_reason == _FINISH_LENGTH
+    try:
+        answer = parse_answer(spec, completion.text)
+    except InvalidOutputError as e:
+        if cut:
+            raise _truncated(spec, completion, tally) from e
+        raise
+    # A structured answer that parses and validates is whole even if the budget ran out
+    # on its last token; free text cut short is kept only where the spec says so.
+    if cut and answer is None and not spec.keep_truncated:
+        raise _truncated(spec, completion, tally)
+    return completion.text, answer
 
 
 def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outcome:
@@ -100,6 +238,7 @@ def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outc
         plans = plan_requests(spec, record)
     except TemplateRenderError as e:
         raise errors.TemplateError(str(e)) from e
+    window = _window(spec, client)
     started = time.perf_counter()
     tally = _Tally()
     texts: list[str] = []
@@ -109,7 +248,7 @@ def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outc
         params = spec.params if spec.votes == 1 else {**spec.params, "seed": base_seed + vote}
         parsed: list[dict[str, Any] | None] = []
         for messages in plans:
-            text, answer = _ask(spec, messages, client, tally, params)
+            text, answer = _ask(spec, messages, client, tally, params, window)
             texts.append(text)
             parsed.append(answer)
         outputs.append(combine(spec, parsed))
@@ -119,6 +258,7 @@ def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outc
         prompt_tokens=tally.prompt_tokens,
         completion_tokens=tally.completion_tokens,
         latency_ms=(time.perf_counter() - started) * 1000,
+        finish_reason=tally.finish_reason,
     )
 
 
@@ -181,12 +321,23 @@ def send_batch_line(record: dict[str, Any], client: ChatClient) -> Outcome:
         prompt_tokens=usage.get("prompt_tokens"),
         completion_tokens=usage.get("completion_tokens"),
         latency_ms=(time.perf_counter() - started) * 1000,
+        finish_reason=_finish_reason(resp.body),
     )
 
 
+def _first_choice(body: dict[str, Any]) -> dict[str, Any]:
+    choices = body.get("choices")
+    first = choices[0] if isinstance(choices, list) and choices else {}
+    return first if isinstance(first, dict) else {}
+
+
+def _finish_reason(body: dict[str, Any]) -> str | None:
+    reason = _first_choice(body).get("finish_reason")
+    return str(reason)[:32] if reason is not None else None
+
+
 def _answer_text(body: dict[str, Any]) -> str:
-    choices = body.get("choices") or [{}]
-    first = choices[0] if isinstance(choices[0], dict) else {}
+    first = _first_choice(body)
     message = first.get("message")
     if isinstance(message, dict):
         return str(message.get("content") or "")

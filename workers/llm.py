@@ -15,12 +15,18 @@ import openai
 
 from workers import errors
 from workers.fleet import InstanceConfig
+from workers.provenance import InstanceProvenance
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
 _CONTEXT_MARKERS = ("maximum context length", "context length", "context_length")
+# vLLM >= 0.11 refuses a max_tokens above the context with a 400 that never says "context":
+# "max_tokens=5000 cannot be greater than max_model_len=1024. Please request fewer output
+# tokens. (parameter=max_tokens, value=5000)", param "max_tokens".
+_MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+_MAX_TOKENS_MARKERS = ("max_model_len", "maximum context length", "too large")
 
 
 @dataclass(frozen=True)
@@ -54,10 +60,21 @@ def classify(exc: openai.OpenAIError) -> errors.RecordError:
         status = exc.status_code
         if status >= 500 or status in (408, 409):
             return errors.ServerError(f"{status}: {msg}", retry_after=_retry_after(exc.response))
+        if status == 400 and _max_tokens_over_context(exc, msg):
+            return errors.ContextLengthError(
+                f"max_tokens is over the model's context (lower the spec's max_tokens): {msg}"
+            )
         if status == 400 and any(m in msg.lower() for m in _CONTEXT_MARKERS):
             return errors.ContextLengthError(f"context length: {msg}")
         return errors.BadRequestError(f"{status}: {msg}")
     return errors.BadRequestError(f"{exc.__class__.__name__}: {msg}")
+
+
+def _max_tokens_over_context(exc: openai.APIStatusError, msg: str) -> bool:
+    param = getattr(exc, "param", None)
+    lower = msg.lower()
+    named = param in _MAX_TOKENS_PARAMS or any(p in lower for p in _MAX_TOKENS_PARAMS)
+    return named and any(m in lower for m in _MAX_TOKENS_MARKERS)
 
 
 class LLMClient:
@@ -79,6 +96,13 @@ class LLMClient:
             timeout=httpx2.Timeout(timeout, connect=connect_timeout),
             http_client=http_client,
         )
+        self._card = InstanceProvenance(instance, http_client=http_client)
+
+    def max_model_len(self) -> int | None:
+        """The served model's context length from ``/v1/models`` (cached), or None when
+        the endpoint does not say (not every OpenAI-compatible server does)."""
+        value = self._card.get().get("max_model_len")
+        return value if isinstance(value, int) and value > 0 else None
 
     def chat(
         self,

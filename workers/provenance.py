@@ -1,8 +1,9 @@
 """Where a record's result came from: instance, host, GPU indices, model id, max_model_len.
 
-:class:`InstanceProvenance` asks the instance's ``/v1/models`` once (the served model's id
-and ``max_model_len``) and caches the answer; a failed lookup is retried after
-:data:`RETRY_SECONDS`, and the fleet file's facts are returned meanwhile.
+:class:`InstanceProvenance` asks the instance's ``/v1/models`` (the served model's id and
+``max_model_len``) and caches the answer for :data:`REFRESH_SECONDS`, so a server restarted
+with another model or context is noticed; a failed lookup is retried after
+:data:`RETRY_SECONDS`, and the last answer (or the fleet file's facts) is returned meanwhile.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 5.0
 RETRY_SECONDS = 60.0
+REFRESH_SECONDS = 600.0
 
 
 class InstanceProvenance:
@@ -39,20 +41,22 @@ class InstanceProvenance:
         self._timeout = timeout
         self._lock = threading.Lock()
         self._cached: dict[str, Any] | None = None
+        self._fetched_at = 0.0
         self._failed_at: float | None = None
 
     def get(self) -> dict[str, Any]:
         """Return ``{"instance", "host", "worker_host", "gpus", "model", "max_model_len"}``."""
         with self._lock:
-            if self._cached is not None:
+            now = time.monotonic()
+            if self._cached is not None and now - self._fetched_at < REFRESH_SECONDS:
                 return self._cached
-            if self._failed_at is not None and time.monotonic() - self._failed_at < RETRY_SECONDS:
-                return self._base(None)
+            if self._failed_at is not None and now - self._failed_at < RETRY_SECONDS:
+                return self._cached or self._base(None)
             card = self._fetch()
             if card is None:
-                self._failed_at = time.monotonic()
-                return self._base(None)
-            self._cached = self._base(card)
+                self._failed_at = now
+                return self._cached or self._base(None)
+            self._cached, self._fetched_at, self._failed_at = self._base(card), now, None
             return self._cached
 
     def _base(self, card: dict[str, Any] | None) -> dict[str, Any]:

@@ -9,6 +9,7 @@ A spec is a TOML file with these fields (all but ``template`` optional)::
     max_reasks = 2                 # re-asks after an invalid structured answer
     labels = ["pos", "neg"]        # classify: the allowed labels ([] = given at enqueue)
     votes = 1                      # ask N times (seeds seed, seed+1, ...) and aggregate
+    keep_truncated = false         # free text: keep an answer cut by max_tokens as it is
     mode = "template"              # "openai": each record is an OpenAI batch line, sent as is
 
     [params]                       # passed to chat.completions.create as they are
@@ -40,6 +41,13 @@ reports whether the two agree.
 Votes: with ``votes = N`` every request is asked N times with seeds ``seed``, ``seed + 1``...
 (``params.seed``, default 0) and :func:`aggregate_votes` keeps the mean score or the majority
 label/winner with the spread of the votes.
+
+Answers cut by ``max_tokens`` (finish_reason ``length``): a structured answer that does not
+parse is failed as truncated, never re-asked (the re-ask would be cut again and costs more
+context); a free-text answer is failed the same way unless ``keep_truncated`` keeps it (the
+record's ``finish_reason`` then says it was cut). JSON answers are parsed leniently: raw
+control characters inside strings, which strict JSON forbids and small models emit, are
+accepted; the schema still decides.
 
 OpenAI batch files: the spec named ``openai`` (:func:`openai_spec`, ``mode = "openai"``; not
 a TOML file) renders nothing; each
@@ -90,6 +98,9 @@ REASK_TEMPLATE = (
     "Answer again with only a JSON document matching the schema."
 )
 
+CUT_MARK = " [...]"
+"""Ends an invalid answer shortened to fit a re-ask into the context."""
+
 OPENAI_PATHS = {"/v1/chat/completions": "/chat/completions", "/v1/completions": "/completions"}
 """OpenAI batch line URLs the fleet serves, and their path relative to an instance's /v1."""
 
@@ -102,9 +113,13 @@ FINGERPRINT_VERSION = 1
 MAX_ERROR_CHARS = 300
 """Validation messages are cut to this length: they go back to the model in a re-ask."""
 
+SHORT_ERROR_CHARS = 120
+"""A validator's message longer than this quotes the value: it is replaced by what failed."""
+
 _FENCE_RE = re.compile(r"```[ \t]*(?:json|JSON)?[ \t]*\r?\n?(.*?)```", re.DOTALL)
 _THINK_RE = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
+_LENIENT = json.JSONDecoder(strict=False)
 
 # Errors that rendering a user's template over a user's record may raise: all of them mean
 # this record can never render, so they become a permanent TemplateRenderError.
@@ -152,6 +167,7 @@ class Spec(pydantic.BaseModel):
     max_reasks: int = pydantic.Field(default=2, ge=0, le=10)
     votes: int = pydantic.Field(default=1, ge=1, le=25)
     mode: Literal["template", "openai"] = "template"
+    keep_truncated: bool = False
 
     @pydantic.field_validator("json_schema", mode="before")
     @classmethod
@@ -212,6 +228,8 @@ class Spec(pydantic.BaseModel):
             raise ValueError(
                 "mode 'openai' sends bodies as they are: no swap, schema, labels, votes"
             )
+        if self.keep_truncated and self.json_schema is not None:
+            raise ValueError("keep_truncated is for free-text specs: cut JSON is never valid")
         return self
 
 
@@ -322,7 +340,8 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
     error = jsonschema.exceptions.best_match(_validator(spec.json_schema).iter_errors(answer))
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
-        message = f"{where}: {error.message}" if where else error.message
+        message = _schema_message(error)
+        message = f"{where}: {message}" if where else message
         raise InvalidOutputError(_cut(f"schema violation: {message}"), raw=text)
     if spec.labels is not None and answer.get(LABEL_FIELD) not in spec.labels:
         raise InvalidOutputError(
@@ -331,16 +350,38 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
     return answer
 
 
+def _schema_message(error: jsonschema.ValidationError) -> str:
+    """The validator's message, or, when it quotes a long value ("'...' is too long"), what
+    was violated without the value: it goes back to the model in a re-ask, whose room in
+    the context is short, and a message cut at MAX_ERROR_CHARS would lose its point."""
+    if len(error.message) <= SHORT_ERROR_CHARS:
+        return error.message
+    size = ""
+    if isinstance(error.instance, str | list | dict):
+        unit = "characters" if isinstance(error.instance, str) else "items"
+        size = f" (has {len(error.instance)} {unit})"
+    return f"violates {error.validator} {error.validator_value!r}{size}"
+
+
 def reask_messages(
-    messages: list[dict[str, str]], bad_text: str, error: str
+    messages: list[dict[str, str]],
+    bad_text: str,
+    error: str,
+    *,
+    answer_chars: int | None = None,
 ) -> list[dict[str, str]]:
-    """Return ``messages`` followed by the invalid answer and a request to answer again."""
-    reask = REASK_TEMPLATE.format(error=error.rstrip().rstrip("."))
-    return [
-        *messages,
-        {"role": "assistant", "content": bad_text},
-        {"role": "user", "content": reask},
-    ]
+    """Return ``messages`` followed by the invalid answer and a request to answer again.
+
+    ``answer_chars`` bounds how much of the invalid answer goes back (to fit the context):
+    None sends it whole, a smaller number its beginning with :data:`CUT_MARK`, 0 none of it
+    (the correction alone follows the original messages).
+    """
+    reask = {"role": "user", "content": REASK_TEMPLATE.format(error=error.rstrip().rstrip("."))}
+    if answer_chars is not None and answer_chars <= 0:
+        return [*messages, reask]
+    if answer_chars is not None and len(bad_text) > answer_chars:
+        bad_text = bad_text[: max(0, answer_chars - len(CUT_MARK))] + CUT_MARK
+    return [*messages, {"role": "assistant", "content": bad_text}, reask]
 
 
 def combine(spec: Spec, parsed: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -497,7 +538,9 @@ def _render_messages(spec: Spec, record: Mapping[str, Any]) -> list[dict[str, st
 def _load_json(spec: Spec, text: str) -> dict[str, Any]:
     body = _THINK_RE.sub("", text, count=1).strip()
     try:
-        answer = json.loads(body)
+        # strict=False: raw control characters inside strings (a tab, a form feed) are
+        # accepted. Small models emit them under guided decoding; the schema still decides.
+        answer = json.loads(body, strict=False)
     except json.JSONDecodeError as e:
         answer = _salvage_json(spec, body)
         if answer is None:
@@ -515,7 +558,7 @@ def _salvage_json(spec: Spec, body: str) -> Any:
         candidates.append(body[body.index("{") :])
     for candidate in candidates:
         try:
-            return json.JSONDecoder().raw_decode(candidate.strip())[0]
+            return _LENIENT.raw_decode(candidate.strip())[0]
         except json.JSONDecodeError:
             continue
     bare = body.strip("\"'.` ")

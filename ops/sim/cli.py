@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from ops.sim.config import (
+    CONTEXT_CHECKS,
     DEFAULT_HOST,
     DEFAULT_ITL,
     DEFAULT_MAX_MODEL_LEN,
@@ -78,6 +79,30 @@ def sim(
     invalid_json_rate: Annotated[
         float, typer.Option(help="Fraction of JSON answers made invalid on purpose.")
     ] = 0.0,
+    control_char_rate: Annotated[
+        float,
+        typer.Option(help="Fraction of JSON answers with a raw control character in a string."),
+    ] = 0.0,
+    whitespace_padding: Annotated[
+        bool,
+        typer.Option(
+            help="Pad JSON with whitespace until max_tokens, as vLLM does for a small model "
+            "without disable_any_whitespace."
+        ),
+    ] = False,
+    run_on_strings: Annotated[
+        bool,
+        typer.Option(
+            help="A JSON string without maxLength never ends: the answer runs to max_tokens."
+        ),
+    ] = False,
+    context_check: Annotated[
+        str,
+        typer.Option(
+            help="clamp (vLLM 0.32: a completion past the context is cut short) or reject "
+            "(older vLLM: prompt + max_tokens over the context is a 400)."
+        ),
+    ] = "clamp",
     fail_rate: Annotated[
         float, typer.Option(help="Fraction of completion requests that fail on purpose.")
     ] = 0.0,
@@ -112,6 +137,10 @@ def sim(
             time_factor_under_load=time_factor_under_load,
             metrics_version="v0" if metrics_version == "v0" else "v1",
             invalid_json_rate=invalid_json_rate,
+            control_char_rate=control_char_rate,
+            whitespace_padding=whitespace_padding,
+            run_on_strings=run_on_strings,
+            context_check="reject" if context_check == "reject" else "clamp",
             fail_rate=fail_rate,
             fail_kinds=parse_fail_kinds(fail_kinds),
             retry_after=retry_after,
@@ -120,6 +149,10 @@ def sim(
             raise SimConfigError(f"--log-level: unknown level {log_level!r}")
         if metrics_version not in ("v0", "v1"):
             raise SimConfigError(f"--metrics-version: expected v1 or v0, got {metrics_version!r}")
+        if context_check not in CONTEXT_CHECKS:
+            raise SimConfigError(
+                f"--context-check: expected clamp or reject, got {context_check!r}"
+            )
         ports = instance_ports(instances, port, base_port)
         configs = build_configs(
             template, ports, slow=slow or (), die_after=die_after or (), dead_after=dead_after or ()

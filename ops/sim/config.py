@@ -27,10 +27,16 @@ DEFAULT_RETRY_AFTER = 1
 DEFAULT_FAIL_KINDS = ("500",)
 FAIL_KINDS = ("429", "500", "503", "hang", "reset")
 METRICS_VERSIONS = ("v1", "v0")
+# How a request longer than the context is answered: "clamp" as vLLM 0.32 does (a prompt over
+# the context or a max_tokens over max_model_len is a 400, a completion budget past the end
+# of the context is cut short, finish_reason "length"), "reject" as older vLLM did (a 400
+# whenever prompt + max_tokens exceeds the context).
+CONTEXT_CHECKS = ("clamp", "reject")
 # KV cache capacity in tokens per max-num-seqs slot: usage = tokens held / (slots * this).
 KV_TOKENS_PER_SEQ = 2048
 
 MetricsVersion = Literal["v1", "v0"]
+ContextCheck = Literal["clamp", "reject"]
 
 
 @dataclass(frozen=True)
@@ -50,6 +56,10 @@ class SimConfig:
     time_factor_under_load: float = DEFAULT_TIME_FACTOR_UNDER_LOAD
     metrics_version: MetricsVersion = "v1"
     invalid_json_rate: float = 0.0
+    control_char_rate: float = 0.0
+    whitespace_padding: bool = False
+    run_on_strings: bool = False
+    context_check: ContextCheck = "clamp"
     fail_rate: float = 0.0
     fail_kinds: tuple[str, ...] = DEFAULT_FAIL_KINDS
     retry_after: int = DEFAULT_RETRY_AFTER
@@ -195,6 +205,11 @@ def validate(config: SimConfig) -> SimConfig:
         )
     _check_rate(config.fail_rate, "--fail-rate")
     _check_rate(config.invalid_json_rate, "--invalid-json-rate")
+    _check_rate(config.control_char_rate, "--control-char-rate")
+    if config.context_check not in CONTEXT_CHECKS:
+        raise SimConfigError(
+            f"--context-check: expected clamp or reject, got {config.context_check!r}"
+        )
     parse_output_tokens(f"{config.output_tokens[0]}-{config.output_tokens[1]}")
     return config
 

@@ -89,6 +89,9 @@ class SimInstance:
             output_tokens=config.output_tokens,
             max_model_len=config.max_model_len,
             invalid_json_rate=config.invalid_json_rate,
+            control_char_rate=config.control_char_rate,
+            whitespace_padding=config.whitespace_padding,
+            run_on_strings=config.run_on_strings,
         )
         self.faults = FaultPlan(
             rate=config.fail_rate, kinds=config.fail_kinds, seed=config.seed, port=config.port
@@ -257,7 +260,11 @@ class SimInstance:
             raise EngineDeadError
         body = decode_body(await request.read())
         sim_request = parse_request(
-            body, kind, served_model=self.config.model, max_model_len=self.config.max_model_len
+            body,
+            kind,
+            served_model=self.config.model,
+            max_model_len=self.config.max_model_len,
+            context_check=self.config.context_check,
         )
         fault = self.faults.draw()
         if fault is not None:

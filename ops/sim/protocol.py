@@ -184,7 +184,32 @@ def _structured(body: Mapping[str, Any]) -> Structured | None:
     return None
 
 
-def _context_error(max_model_len: int, prompt_tokens: int, max_tokens: int | None) -> None:
+def _context_error(
+    max_model_len: int, prompt_tokens: int, max_tokens: int | None, check: str = "clamp"
+) -> None:
+    """Refuse a request that does not fit the context, in the words of vLLM ``check``.
+
+    ``clamp`` (vLLM 0.32): a prompt over the context, or a ``max_tokens`` over
+    ``max_model_len``, is a 400; a prompt that fits with too little room left is answered,
+    cut short. ``reject`` (older vLLM): any prompt + ``max_tokens`` over the context is a 400.
+    """
+    if check == "clamp":
+        if prompt_tokens > max_model_len:
+            raise bad_request(
+                f"This model's maximum context length is {max_model_len} tokens. However, "
+                f"your prompt contains at least {max_model_len + 1} input tokens, which "
+                "exceeds this limit even without any output tokens. Please reduce the length "
+                f"of the input prompt. (parameter=input_tokens, value={max_model_len + 1})",
+                "input_tokens",
+            )
+        if max_tokens is not None and max_tokens > max_model_len:
+            raise bad_request(
+                f"max_tokens={max_tokens} cannot be greater than max_model_len="
+                f"{max_model_len}. Please request fewer output tokens. "
+                f"(parameter=max_tokens, value={max_tokens})",
+                "max_tokens",
+            )
+        return
     if max_tokens is None:
         if prompt_tokens >= max_model_len:
             raise bad_request(
@@ -203,7 +228,12 @@ def _context_error(max_model_len: int, prompt_tokens: int, max_tokens: int | Non
 
 
 def parse_request(
-    body: Mapping[str, Any], kind: RequestKind, *, served_model: str, max_model_len: int
+    body: Mapping[str, Any],
+    kind: RequestKind,
+    *,
+    served_model: str,
+    max_model_len: int,
+    context_check: str = "clamp",
 ) -> SimRequest:
     """Validate ``body`` for ``/v1/chat/completions`` or ``/v1/completions``.
 
@@ -223,7 +253,7 @@ def parse_request(
     if body.get("n", 1) != 1:
         raise bad_request("The simulator supports n=1 only.", "n")
     max_tokens = _max_tokens(body, kind)
-    _context_error(max_model_len, prompt_tokens, max_tokens)
+    _context_error(max_model_len, prompt_tokens, max_tokens, context_check)
     stream = body.get("stream") is True
     stream_options = body.get("stream_options")
     include_usage = isinstance(stream_options, Mapping) and bool(

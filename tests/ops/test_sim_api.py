@@ -8,6 +8,7 @@ import openai
 import pytest
 
 from ops.sim.launcher import SimFleet
+from tests.ops.conftest import FleetFactory
 from tests.ops.simtools import http
 
 MODEL = "sim-model"
@@ -104,18 +105,60 @@ def test_unknown_model_is_not_found(fast_sim: SimFleet) -> None:
     assert "The model `gpt-nope` does not exist." in str(caught.value)
 
 
-def test_context_overflow_is_a_bad_request_in_vllm_words(fast_sim: SimFleet) -> None:
-    long_prompt = [{"role": "user", "content": "x" * 32000}]  # 8000 tokens + 3 template tokens
-    with client(fast_sim) as api, pytest.raises(openai.BadRequestError) as caught:
-        api.chat.completions.create(model=MODEL, messages=long_prompt, max_tokens=1000)
+def _bad_request(fleet: SimFleet, **request: object) -> dict[str, object]:
+    with client(fleet) as api, pytest.raises(openai.BadRequestError) as caught:
+        api.chat.completions.create(model=MODEL, **request)  # type: ignore[call-overload]
+    assert caught.value.response.json()["error"]["type"] == "BadRequestError"
     body = caught.value.body
     assert isinstance(body, dict)
+    return body
+
+
+def test_a_prompt_over_the_context_is_a_bad_request_in_vllm_0_32_words(
+    fast_sim: SimFleet,
+) -> None:
+    long_prompt = [{"role": "user", "content": "x" * 32800}]  # 8200 tokens + 3 template tokens
+    body = _bad_request(fast_sim, messages=long_prompt, max_tokens=10)
+    assert body["message"] == (
+        "This model's maximum context length is 8192 tokens. However, your prompt contains at "
+        "least 8193 input tokens, which exceeds this limit even without any output tokens. "
+        "Please reduce the length of the input prompt. (parameter=input_tokens, value=8193)"
+    )
+    assert body["param"] == "input_tokens"
+
+
+def test_max_tokens_over_the_context_is_a_bad_request_without_context_words(
+    fast_sim: SimFleet,
+) -> None:
+    body = _bad_request(fast_sim, messages=HELLO, max_tokens=9000)
+    assert body["message"] == (
+        "max_tokens=9000 cannot be greater than max_model_len=8192. Please request fewer "
+        "output tokens. (parameter=max_tokens, value=9000)"
+    )
+    assert body["param"] == "max_tokens"
+
+
+def test_a_completion_past_the_end_of_the_context_is_cut_short(fast_sim: SimFleet) -> None:
+    # 8183 tokens: 9 left, fewer than the 20..80 this simulator's text answers take.
+    prompt = [{"role": "user", "content": "x" * 32720}]
+    with client(fast_sim) as api:
+        reply = api.chat.completions.create(model=MODEL, messages=prompt, max_tokens=1000)
+    assert reply.usage is not None
+    assert reply.usage.prompt_tokens + reply.usage.completion_tokens == 8192
+    assert reply.choices[0].finish_reason == "length"
+
+
+def test_older_vllm_refuses_prompt_plus_max_tokens_over_the_context(
+    start_sim: FleetFactory,
+) -> None:
+    fleet = start_sim("--ttft", "0", "--itl", "0", "--context-check", "reject")
+    long_prompt = [{"role": "user", "content": "x" * 32000}]  # 8000 tokens + 3 template tokens
+    body = _bad_request(fleet, messages=long_prompt, max_tokens=1000)
     assert body["message"] == (
         "This model's maximum context length is 8192 tokens. However, you requested 9003 "
         "tokens (8003 in the messages, 1000 in the completion). Please reduce the length of "
         "the messages or completion."
     )
-    assert caught.value.response.json()["error"]["type"] == "BadRequestError"
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ import pydantic
 import pytest
 
 from workers.spec import (
+    CUT_MARK,
     InvalidOutputError,
     Spec,
     SpecError,
@@ -304,6 +305,73 @@ def test_reask_messages_appends_the_bad_answer_and_the_correction() -> None:
         "Answer again with only a JSON document matching the schema.",
     }
     assert len(messages) == 2  # the input list is left alone
+
+
+def test_reask_messages_shortens_or_drops_the_bad_answer_to_fit() -> None:
+    messages = [{"role": "user", "content": "u"}]
+    cut = reask_messages(messages, "x" * 100, "invalid JSON", answer_chars=40)
+    assert cut[1] == {"role": "assistant", "content": "x" * (40 - len(CUT_MARK)) + CUT_MARK}
+    assert reask_messages(messages, "short", "invalid JSON", answer_chars=40)[1]["content"] == (
+        "short"
+    )
+    dropped = reask_messages(messages, "x" * 100, "invalid JSON", answer_chars=0)
+    assert [m["role"] for m in dropped] == ["user", "user"]
+    assert dropped[1]["content"].startswith("Your previous answer was invalid: invalid JSON.")
+
+
+def test_control_characters_inside_strings_parse_and_the_schema_still_decides() -> None:
+    judge = load_spec("judge")
+    text = '{"score": 7, "reasoning": "tab\there,\x0bvertical tab\nnewline"}'
+    assert parse_answer(judge, text) == {
+        "score": 7,
+        "reasoning": "tab\there,\x0bvertical tab\nnewline",
+    }
+    fenced = 'Here:\n```json\n{"score": 7, "reasoning": "a\x0cb"}\n```'
+    assert parse_answer(judge, fenced) == {"score": 7, "reasoning": "a\x0cb"}
+    too_long = json.dumps({"score": 7, "reasoning": "y" * 601}).replace("yy", "y\ty", 1)
+    with pytest.raises(InvalidOutputError) as caught:
+        parse_answer(judge, too_long)
+    # The 602-character value is not quoted: the point survives, and a re-ask stays short.
+    assert str(caught.value) == (
+        "schema violation: reasoning: violates maxLength 600 (has 602 characters)"
+    )
+
+
+def _strings_unbounded(schema: Any, where: str = "") -> list[str]:
+    if not isinstance(schema, dict):
+        return []
+    found = []
+    if schema.get("type") == "string" and not ({"maxLength", "enum", "const"} & schema.keys()):
+        found.append(where or "(root)")
+    if schema.get("type") == "array" and "maxItems" not in schema:
+        found.append(where or "(root)")
+    for name, sub in (schema.get("properties") or {}).items():
+        found += _strings_unbounded(sub, f"{where}.{name}")
+    found += _strings_unbounded(schema.get("items"), f"{where}[]")
+    return found
+
+
+@pytest.mark.parametrize("name", ["judge", "pairwise", "classify", "analyze", "analyze-json"])
+def test_builtin_schemas_bound_every_string_and_max_tokens_fits_a_small_context(
+    name: str,
+) -> None:
+    # A model that never closes a string stops at maxLength under guided decoding; without
+    # it, the answer runs to max_tokens and is lost (finish_reason "length").
+    spec = load_spec(name, labels=["a", "b"] if name == "classify" else None)
+    assert _strings_unbounded(spec.json_schema) == []
+    # Half of a 1,024-token context, the smallest vfleet is tested on, is left for the prompt.
+    assert spec.params["max_tokens"] <= 512
+    assert spec.keep_truncated is (spec.json_schema is None)
+
+
+def test_keep_truncated_is_for_free_text_specs_only(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'template = "{{ q }}"\nkeep_truncated = true\n'
+        'json_schema = \'{"type": "object", "properties": {"a": {"type": "string"}}}\'\n',
+    )
+    with pytest.raises(SpecError, match="keep_truncated is for free-text specs"):
+        load_spec(str(path))
 
 
 def test_response_format_shape() -> None:
