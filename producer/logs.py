@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal, TextIO
 
 from workers import logcontext
-from workers.queues import PROCESS_RECORD_TASK
+from workers.queues import PROCESS_RECORDS_TASK
 from workers.settings import mask_url
 
 LogFormat = Literal["text", "json"]
@@ -34,7 +34,7 @@ DEFAULT_TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 RECORD_FIELDS = logcontext.FIELDS
 MASK = "***"
 _MIN_SECRET_LEN = 4
-_ARGS_REPR = re.compile(r"^[(\[]\s*(\d+)\s*,?\s*[)\]]$")
+_ARGS_REPR = re.compile(r"^[(\[]\s*\[?\s*(\d+)\s*\]?\s*,?\s*[)\]]$")
 # LogRecord attributes that are not ``extra=`` fields.
 _STANDARD_ATTRS = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
 
@@ -85,10 +85,15 @@ def _fill(fields: dict[str, Any], found: dict[str, Any]) -> None:
 
 
 def _record_id(task_name: object, args: object) -> int | None:
-    if task_name != PROCESS_RECORD_TASK:
+    """The record a task message is about, when it carries exactly one (a chunk's lines
+    name their records through :mod:`workers.logcontext`)."""
+    if task_name != PROCESS_RECORDS_TASK:
         return None
-    if isinstance(args, list | tuple) and args and isinstance(args[0], int):
-        return args[0]
+    if isinstance(args, list | tuple) and args:
+        first = args[0]
+        if isinstance(first, list) and len(first) == 1:
+            first = first[0]
+        return first if isinstance(first, int) else None
     if isinstance(args, str) and (m := _ARGS_REPR.match(args.strip())):
         return int(m[1])
     return None

@@ -16,7 +16,7 @@ from typing import Any
 import redis
 
 from workers.keys import KOMBU_UNACKED, KOMBU_UNACKED_INDEX
-from workers.queues import PROCESS_RECORD_TASK
+from workers.queues import PROCESS_RECORDS_TASK
 
 logger = logging.getLogger(__name__)
 
@@ -38,28 +38,28 @@ def redis_client(url: str) -> redis.Redis:
     )
 
 
-def record_id_of(envelope: dict[str, Any]) -> int | None:
-    """The record id a kombu envelope carries, or None if it is not a record task."""
+def record_ids_of(envelope: dict[str, Any]) -> list[int]:
+    """The record ids a kombu envelope carries ([] if it is not a record task)."""
     headers = envelope.get("headers") or {}
-    if headers.get("task") != PROCESS_RECORD_TASK:
-        return None
+    if headers.get("task") != PROCESS_RECORDS_TASK:
+        return []
     body: Any = envelope.get("body", "")
     if (envelope.get("properties") or {}).get("body_encoding") == "base64":
         body = base64.b64decode(body)
     try:
-        args = json.loads(body)[0]
-        return int(args[0])
+        ids = json.loads(body)[0][0]
+        return [int(i) for i in (ids if isinstance(ids, list) else [ids])]
     except (ValueError, TypeError, IndexError, KeyError):
-        return None
+        return []
 
 
-def _record_id(raw: bytes | str, *, wrapped: bool) -> int | None:
+def _record_ids(raw: bytes | str, *, wrapped: bool) -> list[int]:
     try:
         data = json.loads(raw)
     except ValueError:
-        return None
+        return []
     envelope = data[0] if wrapped and isinstance(data, list) and data else data
-    return record_id_of(envelope) if isinstance(envelope, dict) else None
+    return record_ids_of(envelope) if isinstance(envelope, dict) else []
 
 
 def live_messages(client: redis.Redis, queues: Iterable[str]) -> dict[int, float | None]:
@@ -71,13 +71,13 @@ def live_messages(client: redis.Redis, queues: Iterable[str]) -> dict[int, float
     found: dict[int, float | None] = {}
     for queue in queues:
         for raw in client.lrange(queue, 0, -1):  # type: ignore[union-attr]
-            if (rid := _record_id(raw, wrapped=False)) is not None:
+            for rid in _record_ids(raw, wrapped=False):
                 found[rid] = None
     fetched = dict(client.zrange(KOMBU_UNACKED_INDEX, 0, -1, withscores=True))  # type: ignore[arg-type]
     for tag, raw in client.hgetall(KOMBU_UNACKED).items():  # type: ignore[union-attr]
-        rid = _record_id(raw, wrapped=True)
-        if rid is not None and found.get(rid, 0.0) is not None:
-            found[rid] = max(float(fetched.get(tag, 0.0)), found.get(rid) or 0.0)
+        for rid in _record_ids(raw, wrapped=True):
+            if found.get(rid, 0.0) is not None:
+                found[rid] = max(float(fetched.get(tag, 0.0)), found.get(rid) or 0.0)
     return found
 
 

@@ -16,7 +16,7 @@ from celery import Celery
 
 from workers.errors import ConfigError
 from workers.fleet import Fleet
-from workers.queues import PROCESS_RECORD_TASK, instance_queue, shared_queue
+from workers.queues import PROCESS_RECORDS_TASK, instance_queue, shared_queue
 from workers.routes import Route
 from workers.store.values import BatchInfo
 
@@ -56,8 +56,27 @@ def live_targets(batch: BatchInfo, down: AbstractSet[str]) -> list[str]:
     return [t for t in batch.targets if t not in down]
 
 
+CHUNKS_PER_INSTANCE = 4
+"""A message carries about this fraction of an instance's concurrency: enough records to
+spread the per-message cost (claim, events, ack, commit) thin, few enough that a worker
+holds little more than it runs."""
+
+
+def chunk_size(fleet: Fleet, model: str, chunk_max: int) -> int:
+    """Records per message for ``model``: a quarter of the smallest concurrency among the
+    instances serving it, at least 1 and at most ``chunk_max``. Feeder and workers agree on
+    it (a worker runs ``ceil(concurrency / chunk) + 1`` messages at once)."""
+    serving = [i.concurrency for i in fleet.instances if i.model == model]
+    smallest = min(serving) if serving else 1
+    return max(1, min(chunk_max, smallest // CHUNKS_PER_INSTANCE))
+
+
+def chunks(ids: Sequence[int], size: int) -> list[list[int]]:
+    return [list(ids[i : i + size]) for i in range(0, len(ids), size)]
+
+
 class Dispatcher:
-    """Sends ``vfleet.process_record`` messages; one per record id."""
+    """Sends ``vfleet.process_records`` messages, each with a chunk of record ids."""
 
     def __init__(self, app: Celery) -> None:
         self.app = app
@@ -74,30 +93,36 @@ class Dispatcher:
         return [instance_queue(targets[(turn + i) % len(targets)]) for i in range(n)]
 
     def publish(
-        self, batch: BatchInfo, record_ids: Sequence[int], *, down: AbstractSet[str] = frozenset()
+        self,
+        batch: BatchInfo,
+        record_ids: Sequence[int],
+        *,
+        chunk: int = 1,
+        down: AbstractSet[str] = frozenset(),
     ) -> None:
-        """Publish one message per id over a single broker connection.
+        """Publish ``record_ids`` in messages of up to ``chunk`` ids, over one connection.
 
-        ``round-robin`` skips the instances in ``down``; ``pinned`` does not (its records
-        wait for their instance). The messages (and their ``task-sent`` events, which go
-        through the same producer) are buffered in kombu's publish batch and sent to Redis
-        in pipelines of up to :data:`PUBLISH_BATCH` commands: one round trip per window,
-        not two per record.
+        ``round-robin`` deals the messages to its instances in turn, skipping those in
+        ``down``; ``pinned`` does not skip (its records wait for their instance). The
+        messages (and their ``task-sent`` events, which go through the same producer) are
+        buffered in kombu's publish batch and sent to Redis in pipelines of up to
+        :data:`PUBLISH_BATCH` commands: one round trip per window.
         """
-        self._send(zip(record_ids, self._queues(batch, len(record_ids), down), strict=True))
+        parts = chunks(record_ids, max(1, chunk))
+        self._send(zip(parts, self._queues(batch, len(parts), down), strict=True))
 
     def publish_hedges(self, hedges: Sequence[tuple[int, str]]) -> None:
         """Ask each instance of ``(record_id, instance)`` to run that running record again
         (see :mod:`workers.hedging`), through its own queue."""
-        self._send(((rid, instance_queue(name)) for rid, name in hedges), hedge=True)
+        self._send((([rid], instance_queue(name)) for rid, name in hedges), hedge=True)
 
-    def _send(self, routed: Iterable[tuple[int, str]], *, hedge: bool = False) -> None:
+    def _send(self, routed: Iterable[tuple[list[int], str]], *, hedge: bool = False) -> None:
         kwargs = {"hedge": True} if hedge else None
         with self.app.producer_or_acquire() as producer, producer.batch(PUBLISH_BATCH):
-            for rid, queue in routed:
+            for ids, queue in routed:
                 self.app.send_task(
-                    PROCESS_RECORD_TASK,
-                    args=[rid],
+                    PROCESS_RECORDS_TASK,
+                    args=[ids],
                     kwargs=kwargs,
                     queue=queue,
                     routing_key=queue,

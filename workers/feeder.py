@@ -23,7 +23,7 @@ from collections.abc import Set as AbstractSet
 import redis
 
 from workers.broker import live_messages, queue_length
-from workers.dispatch import Dispatcher, live_targets
+from workers.dispatch import Dispatcher, chunk_size, live_targets
 from workers.fleet import Fleet
 from workers.health import is_down
 from workers.hedging import Running, medians, pick_hedges
@@ -104,9 +104,10 @@ class Feeder:
         down = self.down_instances()
         for batch in self.ledger.active_batches():
             queues = self.queues_of(batch, down)
+            chunk = self.chunk(batch)
             for queue, window in queues.items():
-                if queue not in room:
-                    room[queue] = max(0, window - queue_length(self.redis, queue))
+                if queue not in room:  # in records: each waiting message holds up to a chunk
+                    room[queue] = max(0, window - queue_length(self.redis, queue) * chunk)
             free = sum(room[q] for q in queues)
             if free <= 0:
                 continue
@@ -120,13 +121,17 @@ class Feeder:
             logger.info("fed %s records into Redis", published)
         return published
 
+    def chunk(self, batch: BatchInfo) -> int:
+        """Records per message of ``batch`` (:func:`workers.dispatch.chunk_size`)."""
+        return chunk_size(self.fleet, batch.model, self.settings.chunk_max)
+
     def _publish(self, batch: BatchInfo, ids: list[int], down: AbstractSet[str]) -> None:
         """Mark ``ids`` published, then publish them. In this order a worker can never see
         a message before its mark (and later find its own ``retry`` stamped published);
         a publish that fails is unmarked, so the records wait for the next round."""
         self.ledger.mark_published(ids)
         try:
-            self.dispatcher.publish(batch, ids, down=down)
+            self.dispatcher.publish(batch, ids, chunk=self.chunk(batch), down=down)
         except BaseException:
             self.ledger.mark_published(ids, published=False)
             raise

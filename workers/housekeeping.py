@@ -25,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 HEALTH_TTL_INTERVALS = 5
 HEDGE_INTERVAL = 1.0
+BUSY_FEED_INTERVAL = 0.05
+"""How soon the feed runs again after a round that published: a fast fleet drains its
+window in well under ``VFLEET_FEED_INTERVAL``, and must not wait for the next tick."""
+REDIS_DOWN_LOG_EVERY = 30.0
+"""While Redis is away, each job says so once per this many seconds, in one line."""
 
 
 @dataclass
@@ -33,6 +38,10 @@ class _Job:
     interval: float
     run: Callable[[], object]
     due: float = 0.0
+    busy_interval: float | None = None
+    """If set: the next run this soon when the last one returned a true value."""
+    redis_down_since: float | None = None
+    said_at: float = 0.0
 
 
 class Housekeeper(threading.Thread):
@@ -53,7 +62,7 @@ class Housekeeper(threading.Thread):
         s = runtime.settings
         self.jobs = [
             _Job("leases", s.lease_seconds / 4, runtime.renew_leases),
-            _Job("feed", s.feed_interval, feeder.feed),
+            _Job("feed", s.feed_interval, feeder.feed, busy_interval=BUSY_FEED_INTERVAL),
             _Job("hedge", max(HEDGE_INTERVAL, s.feed_interval), feeder.hedge),
             _Job(
                 "reconcile",
@@ -90,12 +99,30 @@ class Housekeeper(threading.Thread):
             for job in self.jobs:
                 if now >= job.due:
                     job.due = now + job.interval
-                    try:
-                        job.run()
-                    except Exception:  # a failed round must not end the thread
-                        logger.exception("housekeeping job %s failed", job.name)
+                    self._run(job, now)
             wake = min(j.due for j in self.jobs) - time.monotonic()
-            self._stop_event.wait(max(0.05, wake))
+            self._stop_event.wait(max(0.01, wake))
+
+    def _run(self, job: _Job, now: float) -> None:
+        try:
+            result = job.run()
+        except RedisError as e:  # the broker is away: expected, said in one line now and then
+            if job.redis_down_since is None:
+                job.redis_down_since = now
+            if now - job.said_at >= REDIS_DOWN_LOG_EVERY:
+                job.said_at = now
+                logger.warning("housekeeping job %s: Redis unavailable (%s)", job.name, e)
+            return
+        except Exception:  # a failed round must not end the thread
+            logger.exception("housekeeping job %s failed", job.name)
+            return
+        if job.redis_down_since is not None:
+            logger.warning(
+                "housekeeping job %s: Redis back after %.0fs", job.name, now - job.redis_down_since
+            )
+            job.redis_down_since, job.said_at = None, 0.0
+        if result and job.busy_interval is not None:
+            job.due = now + job.busy_interval
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop_event.set()

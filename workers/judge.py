@@ -1,8 +1,9 @@
 """Judge one record: render the spec, call the instance, parse, re-ask, combine.
 
-No Celery and no SQL here: :func:`judge_record` takes a spec, a record and a client and
-returns an :class:`~workers.store.ledger.Outcome` or raises a
-:class:`~workers.errors.RecordError`.
+No Celery, no SQL and no I/O here: :func:`judge_steps` is a generator that yields the calls
+a record needs and returns its :class:`~workers.store.values.Outcome` (or raises a
+:class:`~workers.errors.RecordError`). :func:`judge_record` drives it with a sync client,
+:func:`judge_record_async` with the worker's async one: one judge, two transports.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ import json
 import statistics
 import time
 from collections import Counter
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from workers import budget, errors
+from workers.codec import Completion, RawResponse
 from workers.spec import (
     LABEL_FIELD,
     OPENAI_PATHS,
@@ -30,9 +33,28 @@ from workers.spec import (
 )
 from workers.store.values import Outcome
 
-if TYPE_CHECKING:
-    # Types only: importing the openai client costs the producer a second.
-    from workers.llm import Completion, RawResponse
+
+@dataclass(frozen=True)
+class ChatCall:
+    """Ask the instance one chat completion."""
+
+    messages: list[dict[str, str]]
+    params: dict[str, Any]
+    response_format: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class SendCall:
+    """Send an OpenAI batch line's body as it is."""
+
+    path: str
+    body: dict[str, Any]
+
+
+Steps = Generator[ChatCall | SendCall, Any, Outcome]
+"""The judge as a generator: it yields the calls it needs and is sent their answers (a
+:class:`Completion` or a :class:`RawResponse`), or has their :class:`RecordError` thrown in;
+it returns the :class:`Outcome`. The sync and the async drivers run the same steps."""
 
 
 class ChatClient(Protocol):
@@ -44,12 +66,19 @@ class ChatClient(Protocol):
         response_format: dict[str, Any] | None = None,
     ) -> Completion: ...
 
-
-@runtime_checkable
-class BatchClient(Protocol):
-    """A client that can send an OpenAI batch line's body as it is."""
-
     def send(self, path: str, body: dict[str, Any]) -> RawResponse: ...
+
+
+class AsyncChatClient(Protocol):
+    async def chat(
+        self,
+        messages: list[dict[str, str]],
+        *,
+        params: dict[str, Any],
+        response_format: dict[str, Any] | None = None,
+    ) -> Completion: ...
+
+    async def send(self, path: str, body: dict[str, Any]) -> RawResponse: ...
 
 
 @runtime_checkable
@@ -97,8 +126,7 @@ class _Window:
     max_tokens_param: str = "max_tokens"
 
 
-def _window(spec: Spec, client: ChatClient) -> _Window:
-    window = client.max_model_len() if isinstance(client, ContextAware) else None
+def _window(spec: Spec, window: int | None) -> _Window:
     max_tokens = budget.max_tokens_of(spec.params)
     if window is not None and max_tokens is not None and max_tokens > window:
         raise errors.ContextLengthError(
@@ -159,11 +187,10 @@ def _reask(
 def _ask(
     spec: Spec,
     messages: list[dict[str, str]],
-    client: ChatClient,
     tally: _Tally,
     params: dict[str, Any],
     window: _Window,
-) -> tuple[str, dict[str, Any] | None]:
+) -> Generator[ChatCall, Completion, tuple[str, dict[str, Any] | None]]:
     """One question, re-asked up to ``spec.max_reasks`` times while the answer is invalid.
 
     A re-ask whose ``max_tokens`` had to be lowered to fit the context, and whose answer is
@@ -179,7 +206,7 @@ def _ask(
     error = ""
     for attempt in range(1, tries + 1):
         try:
-            completion = client.chat(messages, params=params, response_format=fmt)
+            completion = yield ChatCall(messages, params, fmt)
         except errors.ContextLengthError as e:
             if last is None:
                 raise
@@ -226,19 +253,20 @@ def _accept(spec: Spec, completion: Completion, tally: _Tally) -> tuple[str, dic
     return completion.text, answer
 
 
-def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outcome:
-    """Run ``spec`` on ``record``. Raises :class:`workers.errors.RecordError`.
+def judge_steps(spec: Spec, record: dict[str, Any], *, max_model_len: int | None) -> Steps:
+    """Run ``spec`` on ``record`` (see :data:`Steps`); ``max_model_len`` is the model's
+    context when known. Raises :class:`workers.errors.RecordError`.
 
     With ``spec.votes`` > 1 every request is asked once per vote, with seeds ``seed``,
     ``seed + 1``...; the output is :func:`aggregate_votes` of the votes.
     """
     if spec.mode == "openai":
-        return send_batch_line(record, client)
+        return (yield from send_batch_line(record))
     try:
         plans = plan_requests(spec, record)
     except TemplateRenderError as e:
         raise errors.TemplateError(str(e)) from e
-    window = _window(spec, client)
+    window = _window(spec, max_model_len)
     started = time.perf_counter()
     tally = _Tally()
     texts: list[str] = []
@@ -248,7 +276,7 @@ def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outc
         params = spec.params if spec.votes == 1 else {**spec.params, "seed": base_seed + vote}
         parsed: list[dict[str, Any] | None] = []
         for messages in plans:
-            text, answer = _ask(spec, messages, client, tally, params, window)
+            text, answer = yield from _ask(spec, messages, tally, params, window)
             texts.append(text)
             parsed.append(answer)
         outputs.append(combine(spec, parsed))
@@ -260,6 +288,59 @@ def judge_record(spec: Spec, record: dict[str, Any], client: ChatClient) -> Outc
         latency_ms=(time.perf_counter() - started) * 1000,
         finish_reason=tally.finish_reason,
     )
+
+
+def judge_record(
+    spec: Spec, record: dict[str, Any], client: ChatClient, *, max_model_len: int | None = None
+) -> Outcome:
+    """:func:`judge_steps` with a sync client; the context is asked of the client when
+    not given and it knows it."""
+    if max_model_len is None and isinstance(client, ContextAware):
+        max_model_len = client.max_model_len()
+    steps = judge_steps(spec, record, max_model_len=max_model_len)
+    try:
+        call = next(steps)
+        while True:
+            answer: Completion | RawResponse
+            try:
+                if isinstance(call, ChatCall):
+                    fmt = call.response_format
+                    answer = client.chat(call.messages, params=call.params, response_format=fmt)
+                else:
+                    answer = client.send(call.path, call.body)
+            except errors.RecordError as e:
+                call = steps.throw(e)
+            else:
+                call = steps.send(answer)
+    except StopIteration as done:
+        outcome: Outcome = done.value
+        return outcome
+
+
+async def judge_record_async(
+    spec: Spec, record: dict[str, Any], client: AsyncChatClient, *, max_model_len: int | None
+) -> Outcome:
+    """:func:`judge_steps` with an async client (the worker's)."""
+    steps = judge_steps(spec, record, max_model_len=max_model_len)
+    try:
+        call = next(steps)
+        while True:
+            answer: Completion | RawResponse
+            try:
+                if isinstance(call, ChatCall):
+                    fmt = call.response_format
+                    answer = await client.chat(
+                        call.messages, params=call.params, response_format=fmt
+                    )
+                else:
+                    answer = await client.send(call.path, call.body)
+            except errors.RecordError as e:
+                call = steps.throw(e)
+            else:
+                call = steps.send(answer)
+    except StopIteration as done:
+        outcome: Outcome = done.value
+        return outcome
 
 
 def aggregate_votes(outputs: list[dict[str, Any] | None]) -> dict[str, Any] | None:
@@ -300,7 +381,7 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def send_batch_line(record: dict[str, Any], client: ChatClient) -> Outcome:
+def send_batch_line(record: dict[str, Any]) -> Generator[SendCall, RawResponse, Outcome]:
     """Send an OpenAI batch line's body as it is; the output is the batch output's
     ``response`` (``status_code``, ``request_id``, ``body``).
 
@@ -310,10 +391,8 @@ def send_batch_line(record: dict[str, Any], client: ChatClient) -> Outcome:
     body = record.get("body")
     if path is None or not isinstance(body, dict):
         raise errors.BadRequestError(f"unsupported OpenAI batch line (url {record.get('url')!r})")
-    if not isinstance(client, BatchClient):
-        raise errors.BadRequestError("this worker's client cannot send OpenAI batch lines")
     started = time.perf_counter()
-    resp = client.send(path, body)
+    resp = yield SendCall(path, body)
     usage = resp.body.get("usage") or {}
     return Outcome(
         output_text=_answer_text(resp.body),

@@ -1,50 +1,38 @@
-"""The call to an OpenAI-compatible instance, with errors mapped onto our tree.
+"""The calls to an OpenAI-compatible instance: what an answer holds, and the sync client.
 
-The ``openai`` client retries nothing here (``max_retries=0``): retries are Celery's, so
-that a retried record goes back to the shared queue and any instance can take it.
+Two clients send the same bodies and map answers onto :mod:`workers.errors` the same way
+(:func:`workers.retry.error_for_status`):
+
+* :class:`LLMClient`, on the ``openai`` package (its low-level ``post``): the reference
+  client, for tools and tests, and what the lean one is checked against;
+* :class:`workers.async_client.AsyncLLMClient`, on ``aiohttp``: the worker's hot path, where
+  the ``openai``/``httpx`` stack cost about 1.4 ms of CPU per call against aiohttp's 0.16
+  (docs/BENCHMARKS.md).
+
+Neither retries anything (``max_retries=0``): a retried record waits in the ledger and any
+instance may take it (:mod:`workers.retry`).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import httpx2
 import openai
 
 from workers import errors
+from workers.codec import Completion, RawResponse, chat_body, completion_of, raw_response
 from workers.fleet import InstanceConfig
 from workers.provenance import InstanceProvenance
+from workers.retry import error_for_status, parse_retry_after
+
+__all__ = ["Completion", "LLMClient", "RawResponse", "classify"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_CONNECT_TIMEOUT = 10.0
-_CONTEXT_MARKERS = ("maximum context length", "context length", "context_length")
-# vLLM >= 0.11 refuses a max_tokens above the context with a 400 that never says "context":
-# "max_tokens=5000 cannot be greater than max_model_len=1024. Please request fewer output
-# tokens. (parameter=max_tokens, value=5000)", param "max_tokens".
-_MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
-_MAX_TOKENS_MARKERS = ("max_model_len", "maximum context length", "too large")
-
-
-@dataclass(frozen=True)
-class Completion:
-    text: str
-    prompt_tokens: int | None
-    completion_tokens: int | None
-    finish_reason: str | None
-
-
-def _retry_after(response: httpx2.Response) -> float | None:
-    value = response.headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None
 
 
 def classify(exc: openai.OpenAIError) -> errors.RecordError:
@@ -54,27 +42,14 @@ def classify(exc: openai.OpenAIError) -> errors.RecordError:
         return errors.RequestTimeoutError(f"timeout: {msg}")
     if isinstance(exc, openai.APIConnectionError):
         return errors.ConnectError(f"connection failed: {msg}")
-    if isinstance(exc, openai.RateLimitError):
-        return errors.RateLimitedError(f"429: {msg}", retry_after=_retry_after(exc.response))
     if isinstance(exc, openai.APIStatusError):
-        status = exc.status_code
-        if status >= 500 or status in (408, 409):
-            return errors.ServerError(f"{status}: {msg}", retry_after=_retry_after(exc.response))
-        if status == 400 and _max_tokens_over_context(exc, msg):
-            return errors.ContextLengthError(
-                f"max_tokens is over the model's context (lower the spec's max_tokens): {msg}"
-            )
-        if status == 400 and any(m in msg.lower() for m in _CONTEXT_MARKERS):
-            return errors.ContextLengthError(f"context length: {msg}")
-        return errors.BadRequestError(f"{status}: {msg}")
+        return error_for_status(
+            exc.status_code,
+            msg,
+            param=getattr(exc, "param", None),
+            retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
+        )
     return errors.BadRequestError(f"{exc.__class__.__name__}: {msg}")
-
-
-def _max_tokens_over_context(exc: openai.APIStatusError, msg: str) -> bool:
-    param = getattr(exc, "param", None)
-    lower = msg.lower()
-    named = param in _MAX_TOKENS_PARAMS or any(p in lower for p in _MAX_TOKENS_PARAMS)
-    return named and any(m in lower for m in _MAX_TOKENS_MARKERS)
 
 
 class LLMClient:
@@ -96,7 +71,7 @@ class LLMClient:
             timeout=httpx2.Timeout(timeout, connect=connect_timeout),
             http_client=http_client,
         )
-        self._card = InstanceProvenance(instance, http_client=http_client)
+        self._card = InstanceProvenance(instance)
 
     def max_model_len(self) -> int | None:
         """The served model's context length from ``/v1/models`` (cached), or None when
@@ -115,25 +90,12 @@ class LLMClient:
 
         The body goes through the client's low-level ``post``: the same request, errors and
         timeouts as ``chat.completions.create``, without building the typed request and
-        response models, which cost a third of the call's CPU. Sampling parameters that are
-        vLLM's own (``top_k``, ``min_p``...) sit beside the OpenAI ones, as vLLM reads them.
+        response models, which cost a third of the call's CPU.
         """
-        payload: dict[str, Any] = {**params, "model": self.instance.model, "messages": messages}
-        if response_format is not None:
-            payload["response_format"] = response_format
-        _, data = self._post("/chat/completions", payload)
-        try:
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-            usage = data.get("usage") or {}
-            return Completion(
-                text=str(text),
-                prompt_tokens=usage.get("prompt_tokens"),
-                completion_tokens=usage.get("completion_tokens"),
-                finish_reason=choice.get("finish_reason"),
-            )
-        except (KeyError, IndexError, TypeError, AttributeError) as e:
-            raise errors.ServerError(f"the answer is not a chat completion: {e!r}") from e
+        _, data = self._post(
+            "/chat/completions", chat_body(self.instance.model, messages, params, response_format)
+        )
+        return completion_of(data)
 
     def _post(self, path: str, payload: dict[str, Any]) -> tuple[httpx2.Response, dict[str, Any]]:
         try:
@@ -148,7 +110,7 @@ class LLMClient:
             raise errors.ServerError(f"{resp.status_code}: the answer is not a JSON object")
         return resp, data
 
-    # -- OpenAI batch files: a request body sent as it is (issue 8) -----------------------
+    # -- OpenAI batch files: a request body sent as it is ---------------------------------
 
     def send(self, path: str, body: dict[str, Any]) -> RawResponse:
         """POST ``body`` to ``path`` (``/chat/completions`` or ``/completions``, relative
@@ -158,19 +120,7 @@ class LLMClient:
         :class:`workers.errors.RecordError` for an error answer or a failed call.
         """
         resp, data = self._post(path, {**body, "model": self.instance.model})
-        # OpenAI's batch output always has a request id; vLLM sends the header only with
-        # --enable-request-id-headers, so the response's own id stands in for it.
-        request_id = resp.headers.get("x-request-id") or str(data.get("id") or "")
-        return RawResponse(resp.status_code, request_id, data)
+        return raw_response(resp.status_code, resp.headers.get("x-request-id"), data)
 
     def close(self) -> None:
         self._client.close()
-
-
-@dataclass(frozen=True)
-class RawResponse:
-    """An answer to :meth:`LLMClient.send`: what an OpenAI batch output line holds."""
-
-    status_code: int
-    request_id: str
-    body: dict[str, Any]

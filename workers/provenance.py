@@ -15,8 +15,7 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
-import httpx2
-
+from ops.endpoint import DirectHttp, HttpClient, ProbeError, auth_headers, model_cards, models_url
 from workers.fleet import InstanceConfig
 
 logger = logging.getLogger(__name__)
@@ -33,12 +32,11 @@ class InstanceProvenance:
         self,
         instance: InstanceConfig,
         *,
-        http_client: httpx2.Client | None = None,
+        http_client: HttpClient | None = None,
         timeout: float = DEFAULT_TIMEOUT,
     ) -> None:
         self.instance = instance
-        self._http = http_client
-        self._timeout = timeout
+        self._http = http_client or DirectHttp(timeout=timeout)
         self._lock = threading.Lock()
         self._cached: dict[str, Any] | None = None
         self._fetched_at = 0.0
@@ -71,19 +69,12 @@ class InstanceProvenance:
         }
 
     def _fetch(self) -> dict[str, Any] | None:
-        url = self.instance.base_url.rstrip("/") + "/models"
-        headers = {"Authorization": f"Bearer {self.instance.api_key()}"}
+        inst = self.instance
         try:
-            if self._http is not None:
-                resp = self._http.get(url, headers=headers, timeout=self._timeout)
-            else:
-                resp = httpx2.get(url, headers=headers, timeout=self._timeout)
-            resp.raise_for_status()
-            cards = resp.json().get("data") or []
-        except (httpx2.HTTPError, ValueError, AttributeError) as e:
-            logger.warning("instance %s: /v1/models failed: %s", self.instance.name, e)
+            resp = self._http.get(models_url(inst.base_url), headers=auth_headers(inst.api_key()))
+            cards = model_cards(resp)
+        except ProbeError as e:
+            logger.warning("instance %s: /v1/models failed: %s", inst.name, e)
             return None
-        for card in cards:
-            if isinstance(card, dict) and card.get("id") == self.instance.model:
-                return card
-        return cards[0] if cards and isinstance(cards[0], dict) else None
+        card = next((c for c in cards if c.id == inst.model), cards[0] if cards else None)
+        return None if card is None else {"id": card.id, "max_model_len": card.max_model_len}

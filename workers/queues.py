@@ -7,7 +7,7 @@ INSTANCE_PREFIX = "inst."
 SCAN_QUEUE = "scan"
 
 # Every task vfleet registers, by name: producers, beat and workers agree on these.
-PROCESS_RECORD_TASK = "vfleet.process_record"
+PROCESS_RECORDS_TASK = "vfleet.process_records"
 RECONCILE_TASK = "vfleet.reconcile"
 SCAN_GPUS_TASK = "vfleet.scan_gpus"
 SCAN_VLLM_TASK = "vfleet.scan_vllm"

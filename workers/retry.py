@@ -32,10 +32,57 @@ GIVE_BACK_DELAY = 2.0
 """Seconds before a given-back record is published again (a closed gate's instance has
 cancelled its shared-queue consumer by then, so it goes to the others)."""
 
+TRANSIENT_STATUSES = (408, 409, 429)
+"""4xx answers worth retrying (timeout, conflict, rate limit); every 5xx is too."""
+
+_CONTEXT_MARKERS = ("maximum context length", "context length", "context_length")
+# vLLM >= 0.11 refuses a max_tokens above the context with a 400 that never says "context":
+# "max_tokens=5000 cannot be greater than max_model_len=1024. Please request fewer output
+# tokens. (parameter=max_tokens, value=5000)", param "max_tokens".
+_MAX_TOKENS_PARAMS = ("max_tokens", "max_completion_tokens")
+_MAX_TOKENS_MARKERS = ("max_model_len", "maximum context length", "too large")
+
 INSTANCE_DOWN_ERRORS: tuple[type[errors.RecordError], ...] = (errors.ConnectError,)
 """Failed calls that count as a bad health observation of the instance. A refused or reset
 connection says the server may be gone; a 5xx does not (the server is there, and vLLM's
 /health says itself when its engine is dead)."""
+
+
+def error_for_status(
+    status: int, message: str, *, param: str | None = None, retry_after: float | None = None
+) -> errors.RecordError:
+    """The error an HTTP error answer of an OpenAI-compatible server stands for: transient
+    (5xx, 408, 409, 429: retried) or permanent (a prompt or ``max_tokens`` over the context,
+    any other 4xx: the record fails). Every client vfleet has maps its answers through here.
+    """
+    msg = message.splitlines()[0][:500] if message else f"HTTP {status}"
+    if status == 429:
+        return errors.RateLimitedError(f"429: {msg}", retry_after=retry_after)
+    if status >= 500 or status in TRANSIENT_STATUSES:
+        return errors.ServerError(f"{status}: {msg}", retry_after=retry_after)
+    lower = msg.lower()
+    if status == 400 and _names_max_tokens(param, lower):
+        return errors.ContextLengthError(
+            f"max_tokens is over the model's context (lower the spec's max_tokens): {msg}"
+        )
+    if status == 400 and any(m in lower for m in _CONTEXT_MARKERS):
+        return errors.ContextLengthError(f"context length: {msg}")
+    return errors.BadRequestError(f"{status}: {msg}")
+
+
+def _names_max_tokens(param: str | None, lower: str) -> bool:
+    named = param in _MAX_TOKENS_PARAMS or any(p in lower for p in _MAX_TOKENS_PARAMS)
+    return named and any(m in lower for m in _MAX_TOKENS_MARKERS)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds of a ``Retry-After`` header (numeric form), or None."""
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None
 
 
 class Action(StrEnum):

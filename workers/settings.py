@@ -51,6 +51,7 @@ DEFAULT_RECONCILE_GRACE = 30.0
 DEFAULT_HEALTH_INTERVAL = 1.0
 DEFAULT_SHUTDOWN_GRACE = 25.0
 DEFAULT_HEDGE_AFTER = 3.0
+DEFAULT_CHUNK_MAX = 32
 # One task may send this many requests: a pairwise swap, each with re-asks.
 REQUESTS_PER_TASK_BOUND = 4
 # Monitoring: SSH, scans, the beat.
@@ -95,6 +96,8 @@ class Settings(BaseSettings):
     # instance's median a record must have run to count as a straggler.
     hedge: bool = True
     hedge_after: float = Field(DEFAULT_HEDGE_AFTER, gt=1)
+    # Records per message at most (workers.dispatch.chunk_size); 1 sends one per record.
+    chunk_max: int = Field(DEFAULT_CHUNK_MAX, ge=1, le=256)
 
     # -- monitoring: the SSH pool, the scans and the beat --------------------------------
     ssh_config: Path = DEFAULT_SSH_CONFIG

@@ -1,10 +1,15 @@
 """Run one instance worker: a Celery worker plus its housekeeping, bounded on shutdown.
 
+The worker runs ``ceil(concurrency / chunk) + 1`` Celery threads, each on one message of a
+chunk of records (:func:`workers.dispatch.chunk_size`); the records' calls all run on one
+event loop (:mod:`workers.engine`) through :class:`workers.async_client.AsyncLLMClient`, at
+most ``concurrency`` at once.
+
 Shutdown (SIGTERM, as systemd and ``vfleet workers`` send it) is Celery's warm shutdown:
-no new messages, running tasks finish. Tasks that have not started are given back to the
-shared queue at once. If running calls outlast ``Settings.shutdown_grace``, their claims
-are released in SQL (the feeder republishes them) and the process exits: nothing is left
-running under a lease nobody renews.
+no new messages, running tasks finish. Tasks that have not started give their records back
+to the ledger at once (the feeder republishes them). If running calls outlast
+``Settings.shutdown_grace``, their claims are released in SQL too and the process exits:
+nothing is left running under a lease nobody renews.
 """
 
 from __future__ import annotations
@@ -18,15 +23,16 @@ from typing import Any
 
 from celery import Celery, signals
 
+from workers.async_client import AsyncLLMClient
 from workers.broker import redis_client as broker_client
 from workers.celery_app import create_app
-from workers.dispatch import Dispatcher
+from workers.dispatch import Dispatcher, chunk_size
+from workers.engine import AsyncEngine
 from workers.errors import ConfigError
 from workers.feeder import Feeder
 from workers.fleet import Fleet, InstanceConfig
 from workers.health import GateListener, HealthGate, Probe
 from workers.housekeeping import Housekeeper
-from workers.llm import LLMClient
 from workers.provenance import InstanceProvenance
 from workers.queues import instance_queue, shared_queue
 from workers.runtime import WorkerRuntime
@@ -66,7 +72,8 @@ def run_worker(
             logging.getLogger(chatty).setLevel(logging.WARNING)
     app = create_app(settings, fleet=fleet)
     hostname = node_name(inst.name)
-    ledger = open_ledger(settings, pool_size=concurrency + 4)
+    threads = task_threads(concurrency, chunk_size(fleet, inst.model, settings.chunk_max))
+    ledger = open_ledger(settings, pool_size=threads + 4)
     # An instance reached through SSH (`via`): the client and the health gate talk to a
     # supervised in-process tunnel's local port instead (workers.tunnels), closed when the
     # worker returns.
@@ -76,8 +83,12 @@ def run_worker(
 
         tunnel = open_instance_tunnel(inst, fleet, settings)
     served = tunnel.instance if tunnel is not None else inst
-    client = LLMClient(
-        served, timeout=settings.request_timeout, connect_timeout=settings.connect_timeout
+    engine = AsyncEngine(name=f"vfleet-engine-{inst.name}").start()
+    client = AsyncLLMClient(
+        served,
+        concurrency=concurrency,
+        timeout=settings.request_timeout,
+        connect_timeout=settings.connect_timeout,
     )
     gate = HealthGate(served.base_url, api_key=_api_key(served))
     runtime = WorkerRuntime(
@@ -85,6 +96,7 @@ def run_worker(
         inst,
         ledger,
         client,
+        engine,
         gate=gate,
         worker_name=hostname,
         provenance=InstanceProvenance(provenance_instance(inst, served)),
@@ -109,7 +121,7 @@ def run_worker(
         [
             "worker",
             "--pool=threads",
-            f"--concurrency={concurrency}",
+            f"--concurrency={threads}",
             f"--hostname={hostname}",
             f"--queues={','.join(queues)}",
             f"--loglevel={loglevel}",
@@ -117,8 +129,16 @@ def run_worker(
             "--without-mingle",
         ]
     )
+    engine.run(client.aclose())
+    engine.stop()
     if tunnel is not None:
         tunnel.close()
+
+
+def task_threads(concurrency: int, chunk: int) -> int:
+    """Celery threads of a worker: enough messages of ``chunk`` records to keep
+    ``concurrency`` requests in flight, plus one being claimed or stored meanwhile."""
+    return -(-concurrency // chunk) + 1
 
 
 def provenance_instance(inst: InstanceConfig, served: InstanceConfig) -> InstanceConfig:

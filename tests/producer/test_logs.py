@@ -73,13 +73,13 @@ def test_json_line_reads_record_fields_from_the_record_being_worked_on() -> None
 
 
 def test_json_line_reads_task_id_and_record_from_celery_trace_args() -> None:
-    args = {"id": "abc-123", "name": "vfleet.process_record", "args": "(42,)", "kwargs": "{}"}
+    args = {"id": "abc-123", "name": "vfleet.process_records", "args": "([42],)", "kwargs": "{}"}
     record = logging.LogRecord(
         "celery.app.trace", logging.INFO, __file__, 1, "Task %(name)s[%(id)s] received", (), None
     )
     record.args = args
     data = _format_json(record)
-    assert data["message"] == "Task vfleet.process_record[abc-123] received"
+    assert data["message"] == "Task vfleet.process_records[abc-123] received"
     assert (data["task_id"], data["record"]) == ("abc-123", 42)
 
 
@@ -250,8 +250,8 @@ def test_json_worker_logs_carry_record_fields_and_never_the_password(
         assert PASSWORD not in log.read_text(errors="replace")
     assert any("ready" in line["message"] for line in lines)
     received = [line for line in lines if line["message"].endswith("received")]
-    assert len(received) >= 30
-    assert all(line["task_id"] and line["record"] and line["instance"] for line in received)
+    assert len(received) >= 30 // 4  # messages of up to 4 records (concurrency 16)
+    assert all(line["task_id"] and line["instance"] for line in received)
     retried = [line for line in lines if line["logger"] == "workers.runtime"]
     assert retried, "the injected failures produced no runtime lines"
     for line in retried:

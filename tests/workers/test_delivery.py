@@ -15,6 +15,7 @@ from ops.redis_server import RedisServer
 from tests.pipeline import MODEL, Pipeline, judge_rows, write_jsonl
 from tests.records import add_records
 from tests.services import vfleet, wait_for
+from workers.broker import live_messages
 from workers.celery_app import create_app
 from workers.dispatch import Dispatcher
 from workers.feeder import Feeder
@@ -76,20 +77,29 @@ def _batch(ledger: Ledger, n: int) -> int:
     return info.id
 
 
+def _records_in(client: redis.Redis, queue: str = QUEUE) -> int:
+    """Record ids waiting in ``queue`` (a message carries a chunk of them)."""
+    return len(live_messages(client, [queue]))
+
+
 def test_redis_holds_only_a_window_and_is_topped_up_as_it_drains(
     feeder: tuple[Feeder, Ledger, redis.Redis],
 ) -> None:
     f, ledger, client = feeder
     batch_id = _batch(ledger, 20_000)
-    window = 2 * 50  # window_factor x the fleet's concurrency for the model
+    chunk = f.chunk(ledger.batch_by_id(batch_id))
+    assert chunk == 6  # a quarter of the smallest concurrency (25)
+    window = 2 * 50  # window_factor x the fleet's concurrency for the model, in records
     assert f.feed() == window
-    assert client.llen(QUEUE) == window
+    assert _records_in(client) == window and client.llen(QUEUE) == -(-window // chunk)
     assert f.feed() == 0  # full: nothing more goes in
-    for _ in range(30):
-        client.rpop(QUEUE)  # a worker takes 30 messages
-    assert f.feed() == 30
-    assert client.llen(QUEUE) == window
-    assert len(ledger.unpublished(batch_id, limit=100_000)) == 20_000 - window - 30
+    for _ in range(5):
+        client.rpop(QUEUE)  # a worker takes 5 messages: 30 records
+    refill = f.feed()
+    # The queue's last message may be a short one, and counts as a whole chunk.
+    assert 30 - chunk < refill <= 30
+    assert window - chunk < _records_in(client) <= window
+    assert len(ledger.unpublished(batch_id, limit=100_000)) == 20_000 - window - refill
 
 
 def test_reconciler_republishes_only_what_redis_lost(
@@ -102,7 +112,7 @@ def test_reconciler_republishes_only_what_redis_lost(
     assert f.reconcile() == 0  # every published record still has its message
     client.delete(QUEUE)  # Redis restarted empty
     assert f.reconcile() == published
-    assert client.llen(QUEUE) == published
+    assert _records_in(client) == published
 
 
 def test_enqueue_of_many_records_keeps_redis_bounded(
@@ -124,7 +134,8 @@ def test_enqueue_of_many_records_keeps_redis_bounded(
     assert res.returncode == 0, res.stderr
     client = redis.Redis.from_url(redis_url)
     try:
-        assert client.llen(QUEUE) == 64  # 2 x 32, not 30,000
+        assert _records_in(client) == 64  # 2 x 32, not 30,000
+        assert client.llen(QUEUE) == 8  # in messages of 8 (a quarter of 32)
     finally:
         client.close()
 

@@ -14,8 +14,10 @@ import pytest
 from ops.sim.launcher import SimFleet
 from tests.ops.simtools import http
 from workers import budget, errors
+from workers.async_client import AsyncLLMClient
+from workers.engine import AsyncEngine
 from workers.fleet import InstanceConfig
-from workers.judge import _reask, _Window, judge_record
+from workers.judge import _reask, _Window, judge_record, judge_record_async
 from workers.llm import Completion, LLMClient
 from workers.spec import CUT_MARK, Spec, load_spec
 
@@ -210,3 +212,41 @@ def test_a_reask_fits_the_context_whole_cut_without_the_answer_or_not_at_all(
         assert (
             answer == bad if expect == "whole" else answer.endswith(CUT_MARK) and len(answer) < 400
         )
+
+
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_the_worker_path_judges_exactly_as_the_reference_client(
+    small_model: SimFleet, name: str
+) -> None:
+    """One judge, two transports: the worker's async aiohttp path and the ``openai`` client
+    reach the same outcome, re-asks and failures included."""
+    spec = builtin(name)
+    ref = client_for(small_model)
+    inst = InstanceConfig(name="a", base_url=small_model.urls[0], model=MODEL)
+    engine = AsyncEngine().start()
+    lean = AsyncLLMClient(inst, concurrency=4, timeout=10)
+    try:
+        for n in range(6):
+            rec = record(name, n)
+            got = [
+                _ending(lambda: judge_record(spec, rec, ref, max_model_len=CONTEXT)),  # noqa: B023
+                _ending(
+                    lambda: engine.run(
+                        judge_record_async(spec, rec, lean, max_model_len=CONTEXT)  # noqa: B023
+                    )
+                ),
+            ]
+            assert got[0] == got[1], (name, n)
+    finally:
+        engine.run(lean.aclose())
+        engine.stop()
+        ref.close()
+
+
+def _ending(run: Any) -> tuple[Any, ...]:
+    """How a judge run ended: its output, text and finish reason, or its error and raw."""
+    try:
+        outcome = run()
+    except errors.RecordError as e:
+        return (type(e), e.raw)
+    return (outcome.output, outcome.output_text, outcome.finish_reason)

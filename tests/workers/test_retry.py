@@ -11,9 +11,10 @@ import pytest
 
 from ops.sim.launcher import SimFleet
 from workers import errors
+from workers.async_client import AsyncLLMClient
+from workers.engine import AsyncEngine
 from workers.fleet import InstanceConfig
 from workers.health import HealthGate
-from workers.llm import LLMClient
 from workers.retry import GIVE_BACK_DELAY, Action, RetryPolicy
 from workers.runtime import WorkerRuntime
 from workers.settings import Settings
@@ -103,12 +104,18 @@ def test_a_429_leaves_the_record_waiting_in_the_ledger_until_retry_after(
     args = ["--ttft", "0", "--fail-rate", "1", "--fail-kinds", "429", "--retry-after", "30"]
     with SimFleet(extra_args=args) as sim:
         inst = InstanceConfig(name="a", base_url=sim.urls[0], model="sim-model")
+        engine = AsyncEngine().start()
+        client = AsyncLLMClient(inst, concurrency=4)
         runtime = WorkerRuntime(
-            Settings(retry_backoff_max=60), inst, ledger, LLMClient(inst), worker_name="w@h"
+            Settings(retry_backoff_max=60), inst, ledger, client, engine, worker_name="w@h"
         )
         (rid,) = _records(ledger, 1)
         before = utcnow()
-        assert runtime.process(rid, worker="w@h", task_id="t1") == "retry"
+        try:
+            assert runtime.process([rid], worker="w@h", task_id="t1") == "retry 1"
+        finally:
+            engine.run(client.aclose())
+            engine.stop()
     row = _record(ledger, rid)
     assert (row.status, row.error_kind, row.published_at) == (Status.RETRY, "rate_limit", None)
     assert row.not_before is not None and row.not_before >= before + timedelta(seconds=30)
@@ -122,9 +129,11 @@ def test_a_closed_gate_gives_records_back_unclaimed(ledger: Ledger) -> None:
     inst = InstanceConfig(name="a", base_url="http://127.0.0.1:9/v1", model="sim-model")
     gate = HealthGate(inst.base_url, failures_to_close=1)
     gate.report_failure("connection refused")
-    runtime = WorkerRuntime(Settings(), inst, ledger, LLMClient(inst), gate=gate, worker_name="w@h")
+    engine = AsyncEngine()  # never started: nothing is called
+    client = AsyncLLMClient(inst, concurrency=4)
+    runtime = WorkerRuntime(Settings(), inst, ledger, client, engine, gate=gate, worker_name="w@h")
     first, second = _records(ledger, 2)
-    assert runtime.process(first, worker="w@h", task_id="t1") == "given back"
+    assert runtime.process([first], worker="w@h", task_id="t1") == "given back 1"
     row = _record(ledger, first)
     assert (row.status, row.attempts, row.published_at) == (Status.QUEUED, 0, None)
     assert row.not_before is not None
@@ -132,6 +141,6 @@ def test_a_closed_gate_gives_records_back_unclaimed(ledger: Ledger) -> None:
     assert ledger.due(info.id, limit=10) == []  # due after the give-back delay
     assert ledger.due(info.id, limit=10, now=row.not_before) == [first]
     runtime.draining = True  # shutting down: given back due at once
-    assert runtime.process(second, worker="w@h", task_id="t2") == "given back"
+    assert runtime.process([second], worker="w@h", task_id="t2") == "given back 1"
     assert ledger.due(info.id, limit=10, now=utcnow() + timedelta(seconds=0.1)) == [second]
     gate.close()

@@ -139,6 +139,40 @@ def test_expired_lease_is_reclaimed_and_the_old_owner_cannot_finish(ledger: Ledg
     assert record.lease_until is None and record.finished_at is not None
 
 
+def test_a_chunk_is_claimed_in_one_statement_and_stored_in_one_transaction(
+    ledger: Ledger,
+) -> None:
+    b = _batch(ledger)
+    add_records(ledger, b.id, _rows(6))
+    ids = ledger.unpublished(b.id, limit=6)
+    taken = ledger.claim(ids[2], worker="other", instance="j", task_id=None, lease_seconds=30)
+    assert taken is not None
+    claims = ledger.claim_many(
+        list(reversed(ids)), worker="w", instance="i", task_id="t", lease_seconds=30
+    )
+    # Every claimable one, in the order asked; the one another worker holds is left out.
+    assert [c.record_id for c in claims] == [i for i in reversed(ids) if i != ids[2]]
+    assert all(c.attempts == 1 and c.batch.id == b.id for c in claims)
+    ok, failed, again = claims[0], claims[1], claims[2]
+    with ledger.transaction() as conn:
+        assert ledger.succeed(ok, Outcome("ok", {"score": 1}, 3, 2, 1.0), conn=conn)
+        assert ledger.fail(failed, kind="bad_request", message="400", conn=conn)
+        assert ledger.retry_later(again, kind="server", message="503", delay=30, conn=conn)
+    counts = ledger.counts(b.id)
+    assert (counts["succeeded"], counts["failed"], counts["retry"], counts["running"]) == (
+        1,
+        1,
+        1,
+        3,
+    )
+    # A worker that cannot run a message gives it back: only records still waiting go.
+    add_records(ledger, b.id, [("late", 99, {"i": 99})])
+    (late,) = ledger.unpublished(b.id, limit=1)
+    running = [c.record_id for c in claims[3:]]
+    assert ledger.give_back([*running, late], delay=0) == 1
+    assert ledger.counts(b.id)["running"] == 3
+
+
 def test_retry_then_fail_keeps_attempts_and_reason(ledger: Ledger) -> None:
     b = _batch(ledger)
     add_records(ledger, b.id, _rows(1))

@@ -13,11 +13,12 @@ late or duplicate message finds nothing to do:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, and_, bindparam, case, or_, select, update
+from sqlalchemy import Connection, Engine, and_, bindparam, case, or_, select, update
 
 from workers.store.models import CLAIMABLE, Batch, Record, Status, utcnow
 from workers.store.values import BatchInfo, Claim, Outcome
@@ -44,6 +45,28 @@ _CLAIM = (
         not_before=None,
     )
     .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
+)
+# The same claim for every id of a message at once (a message carries a chunk of records).
+_CLAIM_MANY = (
+    update(Record)
+    .where(
+        Record.id.in_(bindparam("b_ids", expanding=True)),
+        or_(
+            Record.status.in_(CLAIMABLE),
+            and_(Record.status == Status.RUNNING, Record.lease_until < bindparam("b_now")),
+        ),
+    )
+    .values(
+        status=Status.RUNNING,
+        attempts=Record.attempts + 1,
+        lease_until=bindparam("b_lease"),
+        worker=bindparam("b_worker"),
+        instance=bindparam("b_instance"),
+        task_id=bindparam("b_task"),
+        started_at=bindparam("b_now"),
+        not_before=None,
+    )
+    .returning(Record.id, Record.batch_id, Record.key, Record.input, Record.attempts)
 )
 _RESULT = {
     name: bindparam(f"b_{name}", type_=Record.__table__.c[name].type)
@@ -119,13 +142,65 @@ class ClaimStore:
         batch = self.batch_by_id(row.batch_id)
         return Claim(record_id, batch, row.key, row.input, row.attempts)
 
-    def _finish(self, claim: Claim, log: dict[str, Any] | None = None, **values: Any) -> bool:
+    def claim_many(
+        self,
+        record_ids: Sequence[int],
+        *,
+        worker: str,
+        instance: str,
+        task_id: str | None,
+        lease_seconds: float,
+        now: datetime | None = None,
+    ) -> list[Claim]:
+        """Take every claimable one of ``record_ids`` in one statement; returns their claims
+        in the order of ``record_ids`` (the others are someone else's, or done)."""
+        if not record_ids:
+            return []
+        now = now or utcnow()
+        params = {
+            "b_ids": list(record_ids),
+            "b_now": now,
+            "b_lease": now + timedelta(seconds=lease_seconds),
+            "b_worker": worker,
+            "b_instance": instance,
+            "b_task": task_id,
+        }
+        with self.engine.begin() as conn:
+            rows = {row.id: row for row in conn.execute(_CLAIM_MANY, params)}
+        return [
+            Claim(rid, self.batch_by_id(r.batch_id), r.key, r.input, r.attempts)
+            for rid in record_ids
+            if (r := rows.get(rid)) is not None
+        ]
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """One transaction for several writes (a chunk's results): pass it as ``conn=``."""
+        with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def _begin(self, conn: Connection | None) -> Iterator[Connection]:
+        if conn is not None:
+            yield conn
+            return
+        with self.engine.begin() as own:
+            yield own
+
+    def _finish(
+        self,
+        claim: Claim,
+        log: dict[str, Any] | None = None,
+        *,
+        conn: Connection | None = None,
+        **values: Any,
+    ) -> bool:
         owned = (
             Record.id == claim.record_id,
             Record.status == Status.RUNNING,
             Record.attempts == claim.attempts,
         )
-        with self.engine.begin() as conn:
+        with self._begin(conn) as conn:
             if log is not None:
                 # Read-modify-write is safe: the row is ours while it is running under our
                 # attempt number, and the UPDATE below checks that again.
@@ -139,10 +214,10 @@ class ClaimStore:
             stmt = update(Record).where(*owned).values(lease_until=None, **values)
             return conn.execute(stmt).rowcount == 1
 
-    def succeed(self, claim: Claim, outcome: Outcome) -> bool:
+    def succeed(self, claim: Claim, outcome: Outcome, *, conn: Connection | None = None) -> bool:
         """Store the result and ``succeeded`` in one transaction; False if the claim was lost."""
         params = {"b_id": claim.record_id, "b_attempts": claim.attempts, **_result(outcome)}
-        with self.engine.begin() as conn:
+        with self._begin(conn) as conn:
             return conn.execute(_SUCCEED, params).rowcount == 1
 
     def fail(
@@ -155,12 +230,14 @@ class ClaimStore:
         prompt_tokens: int | None = None,
         completion_tokens: int | None = None,
         finish_reason: str | None = None,
+        conn: Connection | None = None,
     ) -> bool:
         """Mark the record ``failed`` with a reason, keeping the last answer (raw text, token
         counts, finish_reason) when the instance gave one."""
         return self._finish(
             claim,
             _log_entry(kind, message, "failed"),
+            conn=conn,
             status=Status.FAILED,
             error_kind=kind,
             error=message,
@@ -171,7 +248,15 @@ class ClaimStore:
             finished_at=utcnow(),
         )
 
-    def retry_later(self, claim: Claim, *, kind: str, message: str, delay: float = 0.0) -> bool:
+    def retry_later(
+        self,
+        claim: Claim,
+        *,
+        kind: str,
+        message: str,
+        delay: float = 0.0,
+        conn: Connection | None = None,
+    ) -> bool:
         """Give the record back as ``retry``, due ``delay`` seconds from now, keeping the
         error of this attempt. It waits here, unpublished, until the feeder publishes it.
 
@@ -185,6 +270,7 @@ class ClaimStore:
         return self._finish(
             claim,
             _log_entry(kind, message, "retry"),
+            conn=conn,
             status=case((cancelled, Status.CANCELLED.value), else_=Status.RETRY.value),
             error_kind=kind,
             error=message,
@@ -192,18 +278,22 @@ class ClaimStore:
             not_before=utcnow() + timedelta(seconds=delay),
         )
 
-    def give_back(self, record_id: int, *, delay: float, now: datetime | None = None) -> bool:
-        """Hand an unclaimed waiting record back to the feeder, due ``delay`` seconds from
-        now (a worker that cannot run it: closed gate, shutting down). False if it is not
-        waiting (claimed, finished)."""
+    def give_back(
+        self, record_ids: Sequence[int], *, delay: float, now: datetime | None = None
+    ) -> int:
+        """Hand unclaimed waiting records back to the feeder, due ``delay`` seconds from now
+        (a worker that cannot run them: closed gate, shutting down). Returns how many were
+        waiting (the others were claimed or finished meanwhile)."""
+        if not record_ids:
+            return 0
         now = now or utcnow()
         stmt = (
             update(Record)
-            .where(Record.id == record_id, Record.status.in_(CLAIMABLE))
+            .where(Record.id.in_(list(record_ids)), Record.status.in_(CLAIMABLE))
             .values(published_at=None, not_before=now + timedelta(seconds=delay))
         )
         with self.engine.begin() as conn:
-            return conn.execute(stmt).rowcount == 1
+            return int(conn.execute(stmt).rowcount)
 
     def peek_running(self, record_id: int) -> tuple[Claim, str] | None:
         """A running record as ``(claim, instance running it)``, for a hedge; None if it
