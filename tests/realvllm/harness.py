@@ -24,9 +24,10 @@ from tests.vllm_server import MAX_NUM_SEQS, MODEL_NAME, VLLMServer
 from workers.celery_app import create_app
 from workers.fleet import InstanceConfig
 from workers.settings import Settings
-from workers.store.ledger import Ledger, iter_records
+from workers.store.ledger import Ledger
 from workers.store.models import Record
 from workers.store.opening import open_ledger
+from workers.store.queries import iter_records
 
 # A CPU server answers in a second or two; a killed one must be noticed within a test.
 SETTINGS: dict[str, Any] = {
