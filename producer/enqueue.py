@@ -29,11 +29,11 @@ from producer.readers.keys import CUSTOM_ID_FIELD
 from producer.readers.openai import custom_id_of
 from workers.broker import redis_client
 from workers.dispatch import Dispatcher
-from workers.errors import VfleetError
+from workers.errors import TemplateError, VfleetError
 from workers.feeder import Feeder
 from workers.fleet import Fleet
 from workers.settings import Settings
-from workers.spec import Spec, TemplateRenderError, plan_requests, work_fingerprint
+from workers.spec import Spec, plan_requests, work_fingerprint
 from workers.store import bad_lines, summary
 from workers.store.intake import DEFAULT_INSERT_CHUNK, IntakeResult, IntakeRow, store_rows
 from workers.store.ledger import Ledger
@@ -242,7 +242,7 @@ def check_file(
         if spec is not None and spec.mode == "template":
             try:
                 plan_requests(spec, row.data)
-            except TemplateRenderError as e:
+            except TemplateError as e:
                 bad.append(BadRow(row.line, bad_codes.TEMPLATE_ERROR, str(e), _compact(row.data)))
     return bad
 

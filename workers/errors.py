@@ -5,7 +5,6 @@ Every error vfleet raises on purpose descends from :class:`VfleetError`::
     VfleetError
     ├── ConfigError              settings, fleet file or input are wrong (user error)
     │   ├── SpecError            workers.spec: unknown spec, bad spec file, missing labels
-    │   │   └── TemplateRenderError  a record lacks a template field (-> TemplateError)
     │   ├── ReaderError          producer.readers: unreadable input file
     │   └── LimitError           workers.store.limits: a name or key the ledger cannot hold
     ├── StoreError               the SQL ledger refused an operation
@@ -26,8 +25,9 @@ Every error vfleet raises on purpose descends from :class:`VfleetError`::
 A :class:`RecordError` raised after the instance answered carries what it answered
 (``raw``, token counts, ``finish_reason``): a failed record keeps them in the ledger.
 
-The task maps :class:`workers.spec.TemplateRenderError` to :class:`TemplateError`, a
-permanent failure of that one record.
+A record whose template cannot render is a :class:`TemplateError`: a permanent failure of
+that one record, not of the spec. An answer that does not parse or validate is an
+:class:`OutputInvalidError` (the judge re-asks; after the last re-ask it ends the record).
 """
 
 from __future__ import annotations

@@ -22,9 +22,7 @@ from workers.spec import (
     LABEL_FIELD,
     OPENAI_PATHS,
     WINNER_FIELD,
-    InvalidOutputError,
     Spec,
-    TemplateRenderError,
     combine,
     parse_answer,
     plan_requests,
@@ -219,7 +217,7 @@ def _ask(
         last = completion
         try:
             return _accept(spec, completion, tally)
-        except InvalidOutputError as e:
+        except errors.OutputInvalidError as e:
             error = str(e)
         if attempt < tries:
             reask = _reask(messages, completion, error, window, params)
@@ -237,12 +235,12 @@ def _ask(
 
 
 def _accept(spec: Spec, completion: Completion, tally: _Tally) -> tuple[str, dict[str, Any] | None]:
-    """The answer's text and parsed output. Raises :class:`InvalidOutputError` (worth a
-    re-ask) or :class:`workers.errors.TruncatedError` (not: it would be cut again)."""
+    """The answer's text and parsed output. Raises :class:`errors.OutputInvalidError`
+    (worth a re-ask) or :class:`errors.TruncatedError` (not: it would be cut again)."""
     cut = completion.finish_reason == _FINISH_LENGTH
     try:
         answer = parse_answer(spec, completion.text)
-    except InvalidOutputError as e:
+    except errors.OutputInvalidError as e:
         if cut:
             raise _truncated(spec, completion, tally) from e
         raise
@@ -262,10 +260,7 @@ def judge_steps(spec: Spec, record: dict[str, Any], *, max_model_len: int | None
     """
     if spec.mode == "openai":
         return (yield from send_batch_line(record))
-    try:
-        plans = plan_requests(spec, record)
-    except TemplateRenderError as e:
-        raise errors.TemplateError(str(e)) from e
+    plans = plan_requests(spec, record)
     window = _window(spec, max_model_len)
     started = time.perf_counter()
     tally = _Tally()

@@ -75,7 +75,7 @@ import jinja2
 import jsonschema
 import pydantic
 
-from workers import templates
+from workers import errors, templates
 from workers.errors import ConfigError
 
 LABEL_FIELD = "label"
@@ -122,7 +122,7 @@ _SAFE_NAME_RE = re.compile(r"[^A-Za-z0-9_-]")
 _LENIENT = json.JSONDecoder(strict=False)
 
 # Errors that rendering a user's template over a user's record may raise: all of them mean
-# this record can never render, so they become a permanent TemplateRenderError.
+# this record can never render, so they become a permanent TemplateError.
 _RENDER_ERRORS = (
     jinja2.TemplateError,
     TypeError,
@@ -135,21 +135,6 @@ _RENDER_ERRORS = (
 
 class SpecError(ConfigError):
     """A spec file is wrong, a spec name is unknown or labels are missing (user error)."""
-
-
-class TemplateRenderError(SpecError):
-    """A record cannot be rendered: a field is missing or the template fails (permanent)."""
-
-
-class InvalidOutputError(Exception):
-    """The model's answer is not valid JSON, not valid against the schema or not a label.
-
-    ``raw`` keeps the model's text as it was, for the record's output and for a re-ask.
-    """
-
-    def __init__(self, message: str, raw: str) -> None:
-        super().__init__(message)
-        self.raw = raw
 
 
 class Spec(pydantic.BaseModel):
@@ -300,13 +285,13 @@ def plan_requests(spec: Spec, record: Mapping[str, Any]) -> list[list[dict[str, 
 
     One list normally; with ``swap`` two: as given, then with ``answer_a``/``answer_b``
     exchanged.
-    Raises :class:`TemplateRenderError` naming the missing field or the template's failure.
+    Raises :class:`errors.TemplateError` naming the missing field or the template's failure.
     """
     plans = [_render_messages(spec, record)]
     if spec.swap:
         missing = [f for f in SWAP_FIELDS if f not in record]
         if missing:
-            raise TemplateRenderError(f"template: {missing[0]!r} is undefined")
+            raise errors.TemplateError(f"template: {missing[0]!r} is undefined")
         first, second = SWAP_FIELDS
         swapped = {**record, first: record[second], second: record[first]}
         plans.append(_render_messages(spec, swapped))
@@ -331,8 +316,9 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
     ```` ```json ```` block and an object after some prose. For a labelled spec a bare
     label (``positive``) is accepted as ``{"label": "positive"}``.
     Returns the answer as a dict, or None for a free-text spec (the caller keeps the text).
-    Raises :class:`InvalidOutputError` (with ``raw=text``) if the answer is not JSON, not an
-    object, not valid against the schema, or its label is not one of the spec's labels.
+    Raises :class:`workers.errors.OutputInvalidError` (with ``raw=text``) if the answer is
+    not JSON, not an object, not valid against the schema, or its label is not one of the
+    spec's labels.
     """
     if spec.json_schema is None:
         return None
@@ -342,9 +328,9 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
         where = "/".join(str(p) for p in error.absolute_path)
         message = _schema_message(error)
         message = f"{where}: {message}" if where else message
-        raise InvalidOutputError(_cut(f"schema violation: {message}"), raw=text)
+        raise errors.OutputInvalidError(_cut(f"schema violation: {message}"), raw=text)
     if spec.labels is not None and answer.get(LABEL_FIELD) not in spec.labels:
-        raise InvalidOutputError(
+        raise errors.OutputInvalidError(
             _cut(f"label {answer.get(LABEL_FIELD)!r} is not one of {spec.labels}"), raw=text
         )
     return answer
@@ -523,7 +509,7 @@ def _render(source: str, context: Mapping[str, Any]) -> str:
         return templates.render(source, context)
     except _RENDER_ERRORS as e:
         message = getattr(e, "message", None) or str(e) or type(e).__name__
-        raise TemplateRenderError(" ".join(f"template: {message}".split())) from e
+        raise errors.TemplateError(" ".join(f"template: {message}".split())) from e
 
 
 def _render_messages(spec: Spec, record: Mapping[str, Any]) -> list[dict[str, str]]:
@@ -544,9 +530,11 @@ def _load_json(spec: Spec, text: str) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         answer = _salvage_json(spec, body)
         if answer is None:
-            raise InvalidOutputError(_cut(f"invalid JSON: {e}"), raw=text) from e
+            raise errors.OutputInvalidError(_cut(f"invalid JSON: {e}"), raw=text) from e
     if not isinstance(answer, dict):
-        raise InvalidOutputError(f"answer is a JSON {type(answer).__name__}, not an object", text)
+        raise errors.OutputInvalidError(
+            f"answer is a JSON {type(answer).__name__}, not an object", raw=text
+        )
     return answer
 
 

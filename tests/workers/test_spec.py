@@ -7,12 +7,11 @@ from typing import Any
 import pydantic
 import pytest
 
+from workers.errors import OutputInvalidError, TemplateError
 from workers.spec import (
     CUT_MARK,
-    InvalidOutputError,
     Spec,
     SpecError,
-    TemplateRenderError,
     builtin_spec_names,
     combine,
     load_spec,
@@ -167,7 +166,7 @@ def test_judge_renders_reference_only_when_it_has_text(reference: str) -> None:
 
 
 def test_missing_field_raises_template_render_error_naming_it() -> None:
-    with pytest.raises(TemplateRenderError, match=r"^template: 'answer' is undefined$"):
+    with pytest.raises(TemplateError, match=r"^template: 'answer' is undefined$"):
         plan_requests(load_spec("judge"), {"question": "Why?"})
 
 
@@ -186,21 +185,21 @@ def test_whole_record_and_non_identifier_fields_are_reachable(tmp_path: Path) ->
 )
 def test_sandbox_blocks_dunder_access(template: str) -> None:
     spec = Spec(name="evil", template=template)
-    with pytest.raises(TemplateRenderError, match="unsafe") as info:
+    with pytest.raises(TemplateError, match="unsafe") as info:
         plan_requests(spec, {"x": "s"})
     assert "<class" not in str(info.value)
 
 
 def test_template_cannot_change_the_record() -> None:
     record = {"tags": ["a"]}
-    with pytest.raises(TemplateRenderError, match="unsafe"):
+    with pytest.raises(TemplateError, match="unsafe"):
         plan_requests(Spec(name="t", template="{{ tags.append('b') }}"), record)
     assert record == {"tags": ["a"]}
 
 
 def test_runtime_template_failure_is_a_template_render_error() -> None:
     spec = Spec(name="t", template="{{ a + b }}")
-    with pytest.raises(TemplateRenderError, match=r"^template: "):
+    with pytest.raises(TemplateError, match=r"^template: "):
         plan_requests(spec, {"a": "text", "b": 3})
 
 
@@ -248,7 +247,7 @@ def test_classify_parse_checks_the_label() -> None:
         "confidence": 0.9,
     }
     assert parse_answer(spec, "ham") == {"label": "ham"}
-    with pytest.raises(InvalidOutputError, match="eggs") as info:
+    with pytest.raises(OutputInvalidError, match="eggs") as info:
         parse_answer(spec, '{"label": "eggs"}')
     assert info.value.raw == '{"label": "eggs"}'
 
@@ -283,7 +282,7 @@ def test_parse_answer_accepts_valid_and_fenced_json(text: str) -> None:
     ],
 )
 def test_parse_answer_rejects_bad_output_keeping_raw(text: str, needle: str) -> None:
-    with pytest.raises(InvalidOutputError, match=needle) as info:
+    with pytest.raises(OutputInvalidError, match=needle) as info:
         parse_answer(load_spec("judge"), text)
     assert info.value.raw == text
     assert "\n" not in str(info.value)
@@ -329,7 +328,7 @@ def test_control_characters_inside_strings_parse_and_the_schema_still_decides() 
     fenced = 'Here:\n```json\n{"score": 7, "reasoning": "a\x0cb"}\n```'
     assert parse_answer(judge, fenced) == {"score": 7, "reasoning": "a\x0cb"}
     too_long = json.dumps({"score": 7, "reasoning": "y" * 601}).replace("yy", "y\ty", 1)
-    with pytest.raises(InvalidOutputError) as caught:
+    with pytest.raises(OutputInvalidError) as caught:
         parse_answer(judge, too_long)
     # The 602-character value is not quoted: the point survives, and a re-ask stays short.
     assert str(caught.value) == (
@@ -400,7 +399,7 @@ def test_pairwise_plans_two_requests_with_answers_swapped() -> None:
 
 
 def test_pairwise_without_answer_b_names_the_field() -> None:
-    with pytest.raises(TemplateRenderError, match="'answer_b' is undefined"):
+    with pytest.raises(TemplateError, match="'answer_b' is undefined"):
         plan_requests(load_spec("pairwise"), {"question": "Q?", "answer_a": "x"})
 
 
