@@ -13,6 +13,7 @@ import pytest
 
 from tests.realvllm.conftest import SUCCESS_FIGURES
 from tests.realvllm.harness import RealFleet, write_jsonl
+from tests.vllm_server import MODEL_NAME
 from workers.spec import builtin_spec_names
 
 # The first test to run waits for the package's fixture: a cold install and start included.
@@ -153,7 +154,7 @@ def batch_lines(n: int, temperature: float) -> list[dict[str, Any]]:
     out = []
     for i in range(n):
         body: dict[str, Any] = {
-            "model": "whatever-the-fleet-serves",
+            "model": MODEL_NAME,
             "messages": [{"role": "user", "content": f"Is {i} even? Say yes or no."}],
             "max_tokens": 64,
             "temperature": temperature,
