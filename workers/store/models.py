@@ -125,7 +125,7 @@ class Record(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
-    # Hash of input, spec content, model and sampling parameters (see workers.spec.work_fingerprint).
+    # Hash of input, spec content, model and sampling parameters (workers.spec.work_fingerprint).
     fingerprint: Mapped[str | None] = mapped_column(String(64))
     # The record whose stored result this one copied instead of calling the fleet.
     reused_from: Mapped[int | None] = mapped_column(BigId)

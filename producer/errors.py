@@ -1,0 +1,24 @@
+"""The errors of the ``producer`` package, under vfleet's one root
+(:class:`workers.errors.VfleetError`)::
+
+    VfleetError
+    ├── ConfigError                 (workers.errors) settings, fleet file or input are wrong
+    │   └── ReaderError             producer.readers: the input as a whole cannot be read
+    ├── EnqueueError                the input cannot be enqueued: --strict with bad lines,
+    │                               no record at all, a half-done enqueue (says what it kept)
+    └── PublishError                records are stored but could not be published
+
+The CLI turns each into one line on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+from workers.errors import VfleetError
+
+
+class EnqueueError(VfleetError):
+    """The input cannot be enqueued (``--strict`` with bad lines, an empty file...)."""
+
+
+class PublishError(VfleetError):
+    """Records are stored but could not be published (the broker is away)."""
