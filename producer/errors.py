@@ -3,7 +3,8 @@
 
     VfleetError
     ├── ConfigError                 (workers.errors) settings, fleet file or input are wrong
-    │   └── ReaderError             producer.readers: the input as a whole cannot be read
+    │   ├── ReaderError             producer.readers: the input as a whole cannot be read
+    │   └── MissingExtraError       an optional dependency (pyarrow, pandas) is not installed
     ├── EnqueueError                the input cannot be enqueued: --strict with bad lines,
     │                               no record at all, a half-done enqueue (says what it kept)
     └── PublishError                records are stored but could not be published
@@ -13,7 +14,7 @@ The CLI turns each into one line on stderr and exit code 1.
 
 from __future__ import annotations
 
-from workers.errors import VfleetError
+from workers.errors import ConfigError, VfleetError
 
 
 class EnqueueError(VfleetError):
@@ -22,3 +23,8 @@ class EnqueueError(VfleetError):
 
 class PublishError(VfleetError):
     """Records are stored but could not be published (the broker is away)."""
+
+
+class MissingExtraError(ConfigError):
+    """A feature needs an optional dependency that is not installed; the message names the
+    extra that installs it (``pip install 'vfleet[parquet]'``)."""

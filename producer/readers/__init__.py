@@ -4,14 +4,15 @@
 :class:`BadRow` for each line that cannot be one (not UTF-8, malformed, oversized, hostile,
 unsupported; blank lines too, as *skipped*), each with its line number and a reason code
 (:mod:`producer.readers.codes`), so the caller can keep them and go on. Only whole-file
-problems (missing file, unknown format, corrupt gzip, CSV without a usable header) raise
-:class:`ReaderError`.
+problems (missing file, unknown format, corrupt gzip, CSV without a usable header, a file
+that is not Parquet) raise :class:`ReaderError`.
 
 The formats are entries of :mod:`producer.readers.formats`: ``jsonl`` (``.jsonl``,
 ``.ndjson``, ``.jsonlines``), ``csv`` (``.csv``), ``tsv`` (``.tsv``, read as CSV with a tab
 delimiter), any of them maybe gzipped (``.jsonl.gz``); ``openai``, JSONL whose lines are
 OpenAI batch requests (:mod:`producer.readers.openai`), which :func:`sniff_format` picks for
-a JSONL file whose first lines all look like them. ``-`` reads standard input (JSONL
+a JSONL file whose first lines all look like them; and ``parquet`` (``.parquet``, ``.pq``;
+rows numbered from 1, :mod:`producer.readers.parquet`). ``-`` reads standard input (JSONL
 unless a format is given). Text files are UTF-8, with or without a byte-order mark, with
 ``\n`` or ``\r\n`` line endings.
 """
@@ -45,8 +46,8 @@ def read_records(
 ) -> Iterator[Row | BadRow]:
     """Return an iterator over the records of ``path`` (``-`` for standard input).
 
-    The file is checked at once; it is read lazily, one line or CSV row at a time, so a
-    named pipe (``<(zcat big.jsonl.gz)``) works too.
+    The file is checked at once; it is read lazily, one line, CSV row or batch of Parquet
+    rows at a time, so a named pipe (``<(zcat big.jsonl.gz)``) works for text formats.
     Yields :class:`Row` for each record and :class:`BadRow` for each line that is not one
     (or is longer than ``max_record_bytes``), blank lines included (``BadRow.skipped``).
     Raises :class:`ReaderError` at once for an unknown format or a missing or unreadable

@@ -17,6 +17,7 @@ from typing import Protocol
 from producer.readers import csv as csv_reader
 from producer.readers import jsonl as jsonl_reader
 from producer.readers import openai as openai_reader
+from producer.readers import parquet as parquet_reader
 from producer.readers.base import STDIN, BadRow, ReaderError, Row
 from producer.readers.keys import CUSTOM_ID_FIELD
 from workers.spec import OPENAI_SPEC_NAME
@@ -105,6 +106,15 @@ OPENAI = register(
         requests=True,
         refines="jsonl",
         sniff=openai_reader.looks_like_batch_file,
+    )
+)
+PARQUET = register(
+    Format(
+        "parquet",
+        parquet_reader.read_parquet,
+        suffixes=(".parquet", ".pq"),
+        aliases=("pq",),
+        seekable=True,
     )
 )
 

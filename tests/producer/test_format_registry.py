@@ -90,21 +90,24 @@ def test_a_new_format_is_one_entry_and_its_defaults_are_the_batchs(
 def test_a_name_or_suffix_two_formats_claim_is_refused(registry: None) -> None:
     with pytest.raises(ValueError, match="taken by 'jsonl'"):
         formats.register(formats.Format("mine", read_upper, suffixes=(".ndjson",)))
-    with pytest.raises(ValueError, match="taken by 'openai'"):
-        formats.register(formats.Format("mine", read_upper, aliases=("openai-batch",)))
+    with pytest.raises(ValueError, match="taken by 'parquet'"):
+        formats.register(formats.Format("mine", read_upper, aliases=("pq",)))
 
 
 def test_the_built_in_entries_say_what_each_format_is() -> None:
-    assert list(formats.FORMATS) == ["jsonl", "csv", "tsv", "openai"]
-    openai = formats.FORMATS["openai"]
+    assert list(formats.FORMATS) == ["jsonl", "csv", "tsv", "openai", "parquet"]
+    openai, parquet = formats.FORMATS["openai"], formats.FORMATS["parquet"]
     # OpenAI batch files: keyed by custom_id whatever --key says, run with the openai spec.
     assert (openai.requests, openai.spec, openai.key_for("id")) == (True, "openai", "custom_id")
     assert openai.refines == "jsonl" and openai.sniff is not None
     assert formats.FORMATS["csv"].key_for(None) is None
     assert formats.FORMATS["csv"].key_for("id") == "id"
+    assert parquet.seekable and parquet.spec == "judge"
+    with pytest.raises(ReaderError, match="compressed inside"):
+        formats.detect_format(Path("data.parquet.gz"))
     with pytest.raises(ReaderError) as info:
         formats.detect_format(Path("data.xml"))
-    assert ".tsv" in str(info.value) and "openai" in str(info.value).rsplit("(", 1)[1]
+    assert ".parquet" in str(info.value) and "parquet" in str(info.value).rsplit("(", 1)[1]
 
 
 def test_dicts_enqueue_through_the_same_function_with_jsonl_defaults(

@@ -55,6 +55,8 @@ def blank(items: list[Row | BadRow]) -> list[int]:
         ("a.csv", "csv"),
         ("a.tsv", "tsv"),
         ("a.jsonl.gz", "jsonl"),
+        ("a.parquet", "parquet"),
+        ("a.PQ", "parquet"),
         ("-", "jsonl"),
     ],
 )
