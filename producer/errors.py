@@ -7,9 +7,11 @@
     │   └── MissingExtraError       an optional dependency (pyarrow, pandas) is not installed
     ├── EnqueueError                the input cannot be enqueued: --strict with bad lines,
     │                               no record at all, a half-done enqueue (says what it kept)
-    └── PublishError                records are stored but could not be published
+    ├── PublishError                records are stored but could not be published
+    └── WaitTimeoutError            a batch did not finish in the time a caller gave it
 
-The CLI turns each into one line on stderr and exit code 1.
+The CLI turns each into one line on stderr and exit code 1; the Python API
+(:mod:`producer.api`) raises them as they are.
 """
 
 from __future__ import annotations
@@ -28,3 +30,7 @@ class PublishError(VfleetError):
 class MissingExtraError(ConfigError):
     """A feature needs an optional dependency that is not installed; the message names the
     extra that installs it (``pip install 'vfleet[parquet]'``)."""
+
+
+class WaitTimeoutError(VfleetError):
+    """A batch was not complete when the time given to wait for it ran out."""

@@ -1,6 +1,6 @@
-"""A batch's records as Arrow tables, for Parquet files (``vfleet export B -o out.parquet``),
-streamed in input order a row group at a time, so memory stays flat whatever the batch's
-size.
+"""A batch's records as Arrow tables: Parquet files (``vfleet export B -o out.parquet``) and
+DataFrames (:meth:`producer.api.BatchHandle.to_pandas`), streamed in input order a row
+group at a time, so memory stays flat whatever the batch's size.
 
 Columns: the metadata of ``vfleet export`` (key, status, attempts, instance, worker, error
 kind and message, finish reason, tokens, latency, finished_at as a UTC timestamp), ``input``

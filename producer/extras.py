@@ -2,7 +2,7 @@
 the extra that installs them when they are missing.
 
 ``pip install 'vfleet[parquet]'`` brings pyarrow (Parquet in and out), ``vfleet[pandas]``
-pandas and pyarrow.
+pandas and pyarrow (DataFrames in, :meth:`producer.api.BatchHandle.to_pandas` out).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """One record as vfleet shows it outside the ledger: what ``vfleet export`` writes per
-record."""
+record and what :meth:`producer.api.BatchHandle.results` yields."""
 
 from __future__ import annotations
 
