@@ -1,6 +1,7 @@
 """The Python API against a simulated fleet with real workers: dicts, a DataFrame, a Parquet
 file and a ``datasets.Dataset`` in; results in input order, typed DataFrames and Parquet
-out; resubmission adds nothing; cancel and retry; the same figures as the CLI."""
+out; resubmission adds nothing; cancel and retry; the same figures as the CLI.
+``vfleet run`` on a fleet whose workers are already running starts none."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 from ops.redis_server import RedisServer
 from producer.api import BatchHandle, submit
 from producer.errors import EnqueueError
-from tests.pipeline import Pipeline, judge_rows
+from tests.pipeline import Pipeline, judge_rows, write_jsonl
 from workers.errors import ConfigError
 from workers.spec import SpecError
 
@@ -184,3 +185,14 @@ def test_parquet_round_trip_with_a_bad_row(pipeline: Pipeline) -> None:
     assert inputs[6] == {**rows[7], "weight": 2.0}
     res = pipeline.cli("report", "roundtrip")
     assert res.returncode == 0 and "lines 7: field 'weight'" in res.stdout, res.stdout
+
+
+def test_run_uses_the_workers_already_running(pipeline: Pipeline) -> None:
+    src = write_jsonl(pipeline.tmp / "run-alive.jsonl", shuffled(20, "ra"))
+    out = pipeline.tmp / "run-alive.out.jsonl"
+    res = pipeline.cli("run", str(src), "--key", "id", "-o", str(out), timeout=WAIT)
+    assert res.returncode == 0, res.stderr
+    assert "workers: started none; already running: sim-1, sim-2" in res.stderr
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["key"] for r in lines] == [r["id"] for r in shuffled(20, "ra")]
+    assert "run-alive: 20 succeeded, 0 failed, 0 cancelled; wrote 20 records" in res.stdout
