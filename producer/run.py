@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from producer.enqueue import Stack
+from producer.errors import PublishError
 from producer.sources import Source
 from producer.supervise import ProcessGroup, Supervisor, settings_env, vfleet_argv
 from workers.store.values import BatchInfo
@@ -34,8 +35,16 @@ _OUTPUT_FORMATS = {"parquet": "parquet", "csv": "csv", "tsv": "csv"}
 
 def alive_instances(app: Celery, *, timeout: float = PING_TIMEOUT) -> set[str]:
     """The instances some live worker is bound to: the ``INSTANCE`` of each ``INSTANCE@host``
-    that answers a ping."""
-    replies = app.control.ping(timeout=timeout) or []
+    that answers a ping. Raises :class:`PublishError` when the broker cannot be asked."""
+    from kombu.exceptions import KombuError
+
+    try:
+        replies = app.control.ping(timeout=timeout) or []
+    except (KombuError, OSError) as e:
+        raise PublishError(
+            f"the broker did not take a ping ({str(e).splitlines()[0]}); "
+            "the batch stays stored: re-run the same command"
+        ) from e
     return {str(name).partition("@")[0] for reply in replies for name in reply}
 
 
@@ -78,11 +87,15 @@ class RunWorkers:
         if missing:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         env = settings_env(self.stack.settings)
-        for name in missing:
-            argv = vfleet_argv("worker", "--instance", name)
-            log = self.log_dir / f"worker-{name}.log"
-            self.supervisor.start(name, argv, env=env, log=log)
-            self.started.append(name)
+        try:
+            for name in missing:
+                argv = vfleet_argv("worker", "--instance", name)
+                log = self.log_dir / f"worker-{name}.log"
+                self.supervisor.start(name, argv, env=env, log=log)
+                self.started.append(name)
+        except BaseException:  # Ctrl-C half-way: stop what did start
+            self.group.stop()
+            raise
         return self
 
     def poll(self) -> None:

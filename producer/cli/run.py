@@ -72,7 +72,7 @@ def run(
     from rich.console import Console
 
     from producer.errors import WaitTimeoutError
-    from producer.export import export_batch
+    from producer.export import export_batch, export_format
     from producer.progress import batch_progress
     from producer.run import RunWorkers, default_output, serving
     from producer.sources import file_source
@@ -81,6 +81,8 @@ def run(
 
     c: Context = ctx.obj
     source = file_source(file, fmt)
+    if output is not None:
+        export_format(output, None)  # a name it cannot write is refused before the work
     options = enqueue_options(
         batch=batch,
         spec=spec,

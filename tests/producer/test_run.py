@@ -169,3 +169,11 @@ def test_interrupted_run_resumes_with_the_same_command_and_runs_each_record_once
     exported = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     assert [r["key"] for r in exported] == [f"L{i}" for i in range(n)]
     assert fleet.alive_workers() == []
+
+
+def test_an_output_it_cannot_write_is_refused_before_anything_runs(fleet: Fleet) -> None:
+    src = write_jsonl(fleet.tmp / "refused.jsonl", judge_rows(5, prefix="x"))
+    res = vfleet("run", str(src), "--key", "id", "-o", str(fleet.tmp / "out.xml"), env=fleet.env)
+    assert res.returncode == 1 and res.stderr.count("\n") == 1, res.stderr
+    assert "cannot export to 'out.xml'" in res.stderr
+    assert "refused" not in {b.name for b in fleet.ledger.batches()}
