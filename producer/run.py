@@ -67,13 +67,21 @@ def default_output(source: Source, batch: str) -> tuple[Path, str]:
 
 
 class RunWorkers:
-    """The workers a run starts: one per instance of ``names`` that no live worker serves,
-    supervised until the ``with`` block ends, then stopped (SIGTERM: each gives back what
-    it holds within its shutdown grace)."""
+    """The workers a run starts: one per instance of ``names`` that no live worker serves
+    (none with ``start`` false: a batch already done), supervised until the ``with`` block
+    ends, then stopped (SIGTERM: each gives back what it holds within its shutdown grace)."""
 
-    def __init__(self, stack: Stack, names: list[str], *, log_dir: Path = DEFAULT_LOG_DIR) -> None:
+    def __init__(
+        self,
+        stack: Stack,
+        names: list[str],
+        *,
+        start: bool = True,
+        log_dir: Path = DEFAULT_LOG_DIR,
+    ) -> None:
         self.stack = stack
         self.names = names
+        self.start = start
         self.log_dir = log_dir
         self.group = ProcessGroup()
         self.supervisor = Supervisor(self.group)
@@ -83,7 +91,7 @@ class RunWorkers:
     def __enter__(self) -> RunWorkers:
         self.stack.settings.check()
         self.alive = alive_instances(self.stack.celery) & set(self.names)
-        missing = [n for n in self.names if n not in self.alive]
+        missing = [n for n in self.names if n not in self.alive] if self.start else []
         if missing:
             self.log_dir.mkdir(parents=True, exist_ok=True)
         env = settings_env(self.stack.settings)

@@ -101,9 +101,9 @@ def run(
         print_report(report, as_json=False)
         info = report.batch
         # A batch already done (a run again after it finished) needs no worker.
-        needed = [] if batch_progress(c.ledger, info).complete else serving(c, info)
+        start = not batch_progress(c.ledger, info).complete
         try:
-            with RunWorkers(c, needed, log_dir=log_dir) as workers:
+            with RunWorkers(c, serving(c, info), start=start, log_dir=log_dir) as workers:
                 _say_workers(workers)
                 (progress,) = follow(
                     c.ledger, [info], console=Console(), tick=workers.poll, timeout=timeout
