@@ -43,7 +43,7 @@ def build_settings(**overrides: Any) -> Settings:
 
 @dataclass
 class Context:
-    """Per-invocation state of the CLI."""
+    """Per-invocation state of the CLI (and of a :mod:`producer.api` handle)."""
 
     settings: Settings
     fleet_required: bool = True
@@ -62,3 +62,12 @@ class Context:
         from workers.celery_app import create_app
 
         return create_app(self.settings, fleet=self.fleet)
+
+    def close(self) -> None:
+        """Close what was opened: the ledger's connections, the app's broker pool."""
+        ledger = self.__dict__.pop("ledger", None)
+        if ledger is not None:
+            ledger.engine.dispose()
+        app = self.__dict__.pop("celery", None)
+        if app is not None:
+            app.close()

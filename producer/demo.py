@@ -24,21 +24,21 @@ from rich.table import Table
 
 from ops.redis_server import RedisServer, redis_server_binary
 from ops.sim.launcher import SimFleet
-from producer.enqueue import create_batch, make_feeder, store_file
+from producer.context import Context
+from producer.enqueue import EnqueueOptions, enqueue
 from producer.export import export_batch
 from producer.progress import BatchProgress
+from producer.sources import file_source
 from producer.supervise import ProcessGroup, settings_env, vfleet_argv, wait_for_workers
 from producer.views import follow
-from workers.celery_app import create_app
 from workers.errors import ConfigError
-from workers.fleet import Fleet, InstanceConfig
+from workers.fleet import InstanceConfig
 from workers.settings import DEFAULT_BROKER_URL, Settings
-from workers.spec import load_spec
-from workers.store.opening import open_ledger
 
 logger = logging.getLogger(__name__)
 
 DEMO_MODEL = "sim-model"
+DEMO_BATCH = "demo-judge"
 DEFAULT_DEMO_CONCURRENCY = 16
 DEFAULT_DEMO_TIMEOUT = 600.0
 SIM_ARGS = (
@@ -154,7 +154,9 @@ def run_demo(
             database_url=f"sqlite:///{workdir}/vfleet.db",
             fleet_file=workdir / "fleet.toml",
         )
-        ledger = open_ledger(settings)
+        context = Context(settings)
+        stack.callback(context.close)
+        context.ledger  # noqa: B018 (the schema exists before the workers start)
         group = stack.enter_context(ProcessGroup())
         env = settings_env(settings)
         for inst in fleet:
@@ -168,31 +170,22 @@ def run_demo(
             f"[bold]workers[/] {len(fleet)} Celery workers (threads pool, "
             f"concurrency {DEFAULT_DEMO_CONCURRENCY} each)"
         )
-        app = create_app(settings)
-        ready = wait_for_workers(app, len(fleet))
+        ready = wait_for_workers(context.celery, len(fleet))
         console.print(f"[bold]workers[/] {ready} of {len(fleet)} answer a ping")
         source = records or sample_dataset()
         started = time.monotonic()
-        batch = create_batch(
-            ledger,
-            name="demo-judge",
-            spec=load_spec("judge"),
-            model=DEMO_MODEL,
-            route="shared",
-            targets=[],
-            source=source,
-        )
-        report = store_file(ledger, batch, source, fmt=None, key_field="id")
-        published = make_feeder(settings, Fleet.of(fleet), ledger, app).feed()
+        options = EnqueueOptions(batch=DEMO_BATCH, spec="judge", model=DEMO_MODEL, key="id")
+        report = enqueue(context, file_source(source), options)
         console.print(
             f"[bold]enqueued[/] {report.added} records of {source.name} "
-            f"(published {published}), judging..."
+            f"(published {report.published_now}), judging..."
         )
-        (progress,) = follow(ledger, [batch], console=console, refresh=0.5, timeout=timeout)
+        (progress,) = follow(
+            context.ledger, [report.batch], console=console, refresh=0.5, timeout=timeout
+        )
         wall = time.monotonic() - started
         export_path = workdir / "results.jsonl"
-        export_batch(ledger, batch, export_path)
-        ledger.engine.dispose()
+        export_batch(context.ledger, report.batch, export_path)
         if not progress.complete:
             raise ConfigError(f"demo did not finish in {timeout:.0f}s; logs in {workdir}/logs")
     return DemoResult(progress, wall, export_path, workdir)

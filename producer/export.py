@@ -1,4 +1,5 @@
-"""Write a batch's records to JSONL, CSV or OpenAI batch output, streaming, in input order.
+"""Write a batch's records to JSONL, CSV, Parquet (:mod:`producer.export_parquet`) or OpenAI
+batch output, streaming, in input order.
 
 OpenAI batch output (``--format openai``, for batches enqueued from OpenAI batch files):
 one line per finished record, ``{"id", "custom_id", "response": {"status_code",
@@ -21,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from producer.records import META_FIELDS, record_dict
 from workers.errors import ConfigError
 from workers.store.bad_lines import iter_bad_lines
 from workers.store.ledger import Ledger
@@ -28,44 +30,20 @@ from workers.store.models import FINAL_STATUSES, BadLine, Record, Status
 from workers.store.queries import iter_records
 from workers.store.values import BatchInfo
 
-FORMATS = ("jsonl", "csv", "openai")
-_META = (
-    "key",
-    "status",
-    "attempts",
-    "instance",
-    "worker",
-    "error_kind",
-    "error",
-    "finish_reason",
-    "prompt_tokens",
-    "completion_tokens",
-    "latency_ms",
-    "finished_at",
-)
+FORMATS = ("jsonl", "csv", "parquet", "openai")
+_SUFFIX_FORMATS = {"ndjson": "jsonl", "pq": "parquet"}
 
 
 def export_format(path: Path, fmt: str | None) -> str:
     """``fmt`` or the format the suffix names. Raises :class:`ConfigError`."""
     chosen = fmt or path.suffix.lstrip(".").lower()
-    if chosen == "ndjson":
-        chosen = "jsonl"
+    chosen = _SUFFIX_FORMATS.get(chosen, chosen)
     if chosen not in FORMATS:
         raise ConfigError(
-            f"cannot export to {path.name!r}: use a .jsonl or .csv file "
-            "or --format jsonl|csv|openai"
+            f"cannot export to {path.name!r}: use a .jsonl, .csv or .parquet file "
+            "or --format jsonl|csv|parquet|openai"
         )
     return chosen
-
-
-def record_dict(r: Record) -> dict[str, Any]:
-    """One exported record: its input, the model's text, the parsed answer and metadata."""
-    out: dict[str, Any] = {m: getattr(r, m) for m in _META}
-    out["finished_at"] = r.finished_at.isoformat() if r.finished_at else None
-    out["input"] = r.input
-    out["output_text"] = r.output_text
-    out["output"] = r.output
-    return out
 
 
 def _parsed_fields(batch: BatchInfo) -> list[str]:
@@ -84,12 +62,12 @@ def _write_jsonl(rows: Iterator[Record], fh: IO[str]) -> int:
 
 def _write_csv(rows: Iterator[Record], fh: IO[str], parsed: list[str]) -> int:
     writer = csv.writer(fh)
-    writer.writerow([*_META, "input", "output_text", *(f"output.{f}" for f in parsed)])
+    writer.writerow([*META_FIELDS, "input", "output_text", *(f"output.{f}" for f in parsed)])
     n = 0
     for r in rows:
         d = record_dict(r)
         out = r.output or {}
-        cells = [d[m] for m in _META]
+        cells = [d[m] for m in META_FIELDS]
         cells += [json.dumps(r.input, ensure_ascii=False), r.output_text]
         cells += [
             json.dumps(v, ensure_ascii=False) if isinstance(v, (dict, list)) else v
@@ -201,8 +179,12 @@ def export_batch(ledger: Ledger, batch: BatchInfo, path: Path, fmt: str | None =
     if chosen == "openai":
         c = export_openai(ledger, batch, path)
         return c.succeeded + c.errors
-    tmp = path.with_name(f".{path.name}.part")
     rows = iter_records(ledger.engine, batch.id)
+    if chosen == "parquet":
+        from producer.export_parquet import write_parquet
+
+        return write_parquet(rows, batch, path)
+    tmp = path.with_name(f".{path.name}.part")
     with tmp.open("w", encoding="utf-8", newline="") as fh:
         n = (
             _write_jsonl(rows, fh)

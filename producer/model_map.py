@@ -93,9 +93,9 @@ def not_served(asked: str, served: tuple[str, ...]) -> str:
     )
 
 
-def plan(fleet: Fleet, model: str | None, *, fmt: str, first_asked: str | None) -> ModelMap:
-    """The batch's :class:`ModelMap`. ``first_asked`` is the first batch line's
-    ``body.model`` (OpenAI batch files only).
+def plan(fleet: Fleet, model: str | None, *, requests: bool, first_asked: str | None) -> ModelMap:
+    """The batch's :class:`ModelMap`. ``requests``: the records are OpenAI batch requests,
+    ``first_asked`` the first one's ``body.model``.
 
     Raises :class:`ConfigError` (one line) when the model is not served, or none is given
     and the fleet serves none or several.
@@ -107,7 +107,7 @@ def plan(fleet: Fleet, model: str | None, *, fmt: str, first_asked: str | None) 
         if served and forced not in served:
             raise ConfigError(not_served(model, served))
         return ModelMap(forced, forced, aliases, served)
-    if fmt == "openai" and first_asked is not None:
+    if requests and first_asked is not None:
         runs = check_text("body.model", fleet.alias(first_asked), MODEL_CHARS)
         if served and runs not in served:
             raise ConfigError(f"the first request's {not_served(first_asked, served)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
@@ -99,11 +100,15 @@ def follow(
     console: Console,
     refresh: float = DEFAULT_REFRESH,
     timeout: float | None = None,
+    tick: Callable[[], None] | None = None,
 ) -> list[BatchProgress]:
-    """Redraw until every batch is complete (or ``timeout``); returns the last reading."""
+    """Redraw until every batch is complete (or ``timeout``); returns the last reading.
+    ``tick`` is called before each reading (``vfleet run`` restarts dead workers there)."""
     deadline = None if timeout is None else time.monotonic() + timeout
     with Live(console=console, refresh_per_second=4, transient=False) as live:
         while True:
+            if tick is not None:
+                tick()
             progress = [batch_progress(ledger, b) for b in batches]
             live.update(render(progress))
             if all(p.complete for p in progress):

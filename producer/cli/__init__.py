@@ -84,6 +84,7 @@ COMMAND_MODULES = (
     "monitor",
     "remote",
     "report",
+    "run",
     "status",
     "submit",
     "worker",
@@ -125,6 +126,9 @@ def run(argv: list[str] | None = None) -> int:
         return _fail(" ".join(message.split()), int(getattr(e, "exit_code", EXIT_USAGE)))
     except (VfleetError, OpsError) as e:
         return _fail(str(e).splitlines()[0] if str(e) else e.__class__.__name__, EXIT_ERROR)
+    if result == EXIT_INTERRUPTED:
+        # Typer turns Ctrl-C into click's Exit(130), which click returns: say it.
+        return _fail("interrupted", EXIT_INTERRUPTED)
     return result if isinstance(result, int) else 0
 
 

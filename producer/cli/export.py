@@ -13,10 +13,14 @@ from producer.context import Context
 def export(
     ctx: typer.Context,
     batch: Annotated[str, typer.Argument(help="Batch name.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Output .jsonl or .csv.")],
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output .jsonl, .csv or .parquet.")
+    ],
     fmt: Annotated[
         str | None,
-        typer.Option("--format", help="jsonl, csv or openai (batch output; default: suffix)."),
+        typer.Option(
+            "--format", help="jsonl, csv, parquet or openai (batch output; default: suffix)."
+        ),
     ] = None,
     errors_file: Annotated[
         Path | None,

@@ -15,11 +15,10 @@ def cancel(
 ) -> None:
     """Cancel a batch: its waiting records become cancelled and are never run; running
     ones finish. `vfleet retry BATCH --cancelled` undoes it."""
-    c: Context = ctx.obj
-    info = c.ledger.batch(batch)
-    n = c.ledger.cancel(info.id)
-    running = c.ledger.counts(info.id)["running"]
-    typer.echo(f"batch {batch}: {n} records cancelled, {running} running will finish")
+    from producer.lifecycle import cancel_batch
+
+    r = cancel_batch(ctx.obj, batch)
+    typer.echo(f"batch {batch}: {r.cancelled} records cancelled, {r.running} running will finish")
 
 
 def delete(

@@ -17,6 +17,8 @@ TOO_DEEP = "too_deeply_nested"
 INVALID_TEXT = "invalid_unicode"
 INVALID_CSV = "invalid_csv_row"
 FIELD_COUNT = "wrong_field_count"
+# Records that are objects (Parquet rows, DataFrames, dicts from Python).
+INVALID_VALUE = "invalid_value"
 # Its key (the key field, or custom_id).
 MISSING_KEY = "missing_key"
 INVALID_KEY = "invalid_key"
@@ -42,6 +44,7 @@ DESCRIPTIONS = {
     INVALID_TEXT: "text that is not Unicode (a lone surrogate escape)",
     INVALID_CSV: "a CSV row the csv module cannot read",
     FIELD_COUNT: "a CSV row with more or fewer fields than the header",
+    INVALID_VALUE: "a value with no JSON form (an infinite number, an object of another kind)",
     MISSING_KEY: "no key field",
     INVALID_KEY: "a key the ledger cannot hold (empty, too long, not a string or number)",
     DUPLICATE_KEY: "a key an earlier line already has",

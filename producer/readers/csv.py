@@ -96,6 +96,11 @@ def read_csv(
         yield from _rows(path, reader, lines, max_record_bytes)
 
 
+def read_tsv(path: Path, *, max_record_bytes: int | None = None) -> Iterator[Row | BadRow]:
+    """:func:`read_csv` with a tab delimiter."""
+    return read_csv(path, delimiter="\t", max_record_bytes=max_record_bytes)
+
+
 def _rows(path: Path, reader: Reader, lines: _Lines, limit: int | None) -> Iterator[Row | BadRow]:
     header, blanks = _header(path, reader, lines)
     yield from blanks

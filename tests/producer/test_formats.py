@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from producer.enqueue import check_file, store_file
 from producer.export import export_openai
 from producer.readers import BadRow, Row, read_records, sniff_format
+from producer.sources import file_source
+from producer.storing import check_source, store_source
 from tests.services import vfleet
 from workers.spec import load_spec
 from workers.store.engine import make_engine
@@ -78,7 +79,7 @@ def test_openai_batch_file_is_sniffed_and_bad_urls_are_bad_lines(tmp_path: Path)
             {"custom_id": "f", "method": "POST", "url": CHAT, "body": {"model": "x"}},
         ],
     )
-    assert sniff_format(src) == "openai"
+    assert sniff_format(src).name == "openai"
     items = list(read_records(src, "openai"))
     assert [i.data["custom_id"] for i in items if isinstance(i, Row)] == ["a", "b"]
     errors = {i.line: i.error for i in items if isinstance(i, BadRow)}
@@ -90,8 +91,8 @@ def test_openai_batch_file_is_sniffed_and_bad_urls_are_bad_lines(tmp_path: Path)
 
 def test_plain_jsonl_is_not_taken_for_an_openai_batch_file(tmp_path: Path) -> None:
     src = write_lines(tmp_path / "r.jsonl", [batch_line("a"), {"id": 1, "question": "q"}])
-    assert sniff_format(src) == "jsonl"
-    assert sniff_format(src, "openai") == "openai"
+    assert sniff_format(src).name == "jsonl"
+    assert sniff_format(src, "openai").name == "openai"
 
 
 # --- size limit, duplicates, --strict template check -------------------------------------------
@@ -118,7 +119,7 @@ def test_strict_check_names_duplicates_and_missing_template_fields(tmp_path: Pat
         "{broken",
     ]
     src = write_lines(tmp_path / "r.jsonl", rows)
-    bad = check_file(src, None, "id", spec=load_spec("judge"))
+    bad = check_source(file_source(src), "id", spec=load_spec("judge"))
     assert [b.line for b in bad] == [2, 3, 4]
     assert "'answer' is undefined" in bad[0].error
     assert "duplicate key 'a' (first at line 1)" in bad[1].error
@@ -130,7 +131,7 @@ def test_duplicate_keys_keep_the_first_and_report_both_lines(
     rows = [{"id": f"k{i % 4}", "question": f"q{i}", "answer": "a"} for i in range(6)]
     src = write_lines(tmp_path / "r.jsonl", rows)
     info = make_batch(ledger)
-    report = store_file(ledger, info, src, fmt=None, key_field="id")
+    report = store_source(ledger, info, file_source(src), key_field="id")
     assert (report.read, report.added, report.duplicate_count) == (6, 4, 2)
     assert report.duplicates == [
         "line 5: duplicate key 'k0' (first at line 1)",
@@ -138,7 +139,7 @@ def test_duplicate_keys_keep_the_first_and_report_both_lines(
     ]
     stored = {r.key: r.input["question"] for r in iter_records(ledger.engine, info.id)}
     assert stored == {"k0": "q0", "k1": "q1", "k2": "q2", "k3": "q3"}
-    again = store_file(ledger, info, src, fmt=None, key_field="id")
+    again = store_source(ledger, info, file_source(src), key_field="id")
     # A re-run finds its own rows already stored: still only the real duplicates.
     assert (again.added, again.duplicate_count) == (0, 2)
 
@@ -210,7 +211,7 @@ def test_openai_export_writes_responses_in_order_and_errors_apart(
 ) -> None:
     src = write_lines(tmp_path / "req.jsonl", [batch_line(c) for c in "abc"])
     info = make_batch(ledger, "openai")
-    store_file(ledger, info, src, fmt="openai", key_field="custom_id")
+    store_source(ledger, info, file_source(src, "openai"), key_field="custom_id")
     ids = {r.key: r.id for r in iter_records(ledger.engine, info.id)}
     body = {"id": "cmpl-1", "object": "chat.completion", "choices": []}
     for key in ("a", "c"):

@@ -16,10 +16,11 @@ import pytest
 from openai.types import Batch
 from openai.types.chat import ChatCompletion
 
-from producer.enqueue import store_file
 from producer.export import export_batch, export_openai
 from producer.progress import batch_progress
 from producer.report import build_report, render_text
+from producer.sources import file_source
+from producer.storing import store_source
 from tests.openai_shapes import validate_output_line
 from tests.records import add_records
 from tests.services import vfleet
@@ -74,9 +75,8 @@ def openai_batch(ledger: Ledger, tmp: Path, name: str = "oa") -> BatchInfo:
         route="shared",
         source=str(tmp / "requests.jsonl"),
     )
-    store_file(
-        ledger, info, batch_file(tmp / "requests.jsonl"), fmt="openai", key_field="custom_id"
-    )
+    source = file_source(batch_file(tmp / "requests.jsonl"), "openai")
+    store_source(ledger, info, source, key_field="custom_id")
     return info
 
 

@@ -55,16 +55,18 @@ def blank(items: list[Row | BadRow]) -> list[int]:
         ("a.csv", "csv"),
         ("a.tsv", "tsv"),
         ("a.jsonl.gz", "jsonl"),
+        ("a.parquet", "parquet"),
+        ("a.PQ", "parquet"),
         ("-", "jsonl"),
     ],
 )
 def test_format_from_suffix(name: str, fmt: str) -> None:
-    assert detect_format(Path(name)) == fmt
+    assert detect_format(Path(name)).name == fmt
 
 
 def test_format_flag_wins_over_suffix() -> None:
-    assert detect_format(Path("data.txt"), "CSV") == "csv"
-    assert detect_format(Path("data.csv"), "ndjson") == "jsonl"
+    assert detect_format(Path("data.txt"), "CSV").name == "csv"
+    assert detect_format(Path("data.csv"), "ndjson").name == "jsonl"
 
 
 @pytest.mark.parametrize(("name", "fmt"), [("data.json", None), ("data", None), ("a.csv", "xml")])
@@ -346,4 +348,4 @@ def test_an_openai_batch_file_is_sniffed_past_bad_first_lines(tmp_path: Path) ->
 
     line = {"custom_id": "a", "method": "POST", "url": "/v1/completions", "body": {"prompt": "p"}}
     path = write_bytes(tmp_path, "b.jsonl", b"{broken\n\xff\xfe\n\n" + json.dumps(line).encode())
-    assert sniff_format(path) == "openai"
+    assert sniff_format(path).name == "openai"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from producer.enqueue import store_file
+from producer.sources import file_source
+from producer.storing import store_source
 from workers.judge import aggregate_votes
 from workers.spec import Spec, load_spec, work_fingerprint
 from workers.store.engine import make_engine
@@ -75,11 +76,11 @@ def test_identical_work_in_a_new_batch_reuses_results_and_changed_work_queues(
     src.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     judge = load_spec("judge")
     first = _batch(ledger, "one", judge)
-    store_file(ledger, first, src, fmt=None, key_field="id")
+    store_source(ledger, first, file_source(src), key_field="id")
     _finish_all(ledger, first)
     old = {r.key: r for r in iter_records(ledger.engine, first.id)}
 
-    again = store_file(ledger, _batch(ledger, "two", judge), src, fmt=None, key_field="id")
+    again = store_source(ledger, _batch(ledger, "two", judge), file_source(src), key_field="id")
     assert (again.added, again.reused) == (5, 5)
     for r in iter_records(ledger.engine, ledger.batch("two").id):
         src_rec = old[r.key]
@@ -90,12 +91,12 @@ def test_identical_work_in_a_new_batch_reuses_results_and_changed_work_queues(
             src_rec.provenance,
         )
 
-    no_reuse = store_file(
-        ledger, _batch(ledger, "three", judge), src, fmt=None, key_field="id", reuse=False
+    no_reuse = store_source(
+        ledger, _batch(ledger, "three", judge), file_source(src), key_field="id", reuse=False
     )
     assert (no_reuse.added, no_reuse.reused) == (5, 0)
-    other_model = store_file(
-        ledger, _batch(ledger, "four", judge, "m2"), src, fmt=None, key_field="id"
+    other_model = store_source(
+        ledger, _batch(ledger, "four", judge, "m2"), file_source(src), key_field="id"
     )
     assert other_model.reused == 0
     assert ledger.counts(ledger.batch("four").id)["queued"] == 5
