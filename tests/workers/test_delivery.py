@@ -201,6 +201,33 @@ def test_health_gate_stops_and_resumes_consuming(redis_server: RedisServer, tmp_
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(420)
+def test_a_pinned_batch_waits_for_its_dead_instance_and_runs_there_when_it_returns(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    broker = redis_server.url.rsplit("/", 1)[0] + "/6"
+    with Pipeline(tmp_path, broker, instances=2) as p:
+        sim = p.sims[0]
+        assert sim is not None
+        httpx2.post(f"{sim.root_urls[0]}/sim/kill", timeout=5)  # engine dead: /health 503
+        wait_for(lambda: _consumes_shared(p, "sim-1") is False, timeout=60,
+                 what="sim-1's gate to close")  # fmt: skip
+        before = p.sim_requests()
+        src = write_jsonl(tmp_path / "pin.jsonl", judge_rows(20, prefix="pin"))
+        p.enqueue(src, "pin", "--route", "pinned", "--instance", "sim-1")
+        # Published to sim-1's own queue, which its gated worker does not consume now.
+        wait_for(lambda: all(r.published_at for r in p.records("pin")), timeout=60,
+                 what="the pinned records published")  # fmt: skip
+        time.sleep(5)  # an absence: waiting longer only makes it stronger
+        counts = p.counts("pin")
+        assert counts["succeeded"] == counts["failed"] == 0
+        assert p.sim_requests() == before  # the live instance answered none of them
+        httpx2.post(f"{sim.root_urls[0]}/sim/revive", timeout=5)
+        assert p.wait_done("pin", 20)["succeeded"] == 20
+        assert {r.instance for r in p.records("pin")} == {"sim-1"}
+
+
+@pytest.mark.slow
 def test_shared_routing_beats_round_robin_on_a_heterogeneous_fleet(
     redis_server: RedisServer, tmp_path: Path
 ) -> None:
