@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import time
 from typing import TYPE_CHECKING
 
 from ops.urls import mask_url
@@ -28,13 +30,34 @@ def open_ledger(settings: Settings, *, pool_size: int = 8) -> Ledger:
     from workers.store.ledger import Ledger
 
     engine = make_engine(settings.database_url, pool_size=pool_size)
-    try:
-        _check_schema(engine)
-    except OperationalError as e:
-        raise StoreError(
-            f"cannot open database {mask_url(settings.database_url)}: {str(e.orig).splitlines()[0]}"
-        ) from e
-    return Ledger(engine)
+    deadline = time.monotonic() + SQLITE_OPEN_PATIENCE_S
+    while True:
+        try:
+            _check_schema(engine)
+            return Ledger(engine)
+        except OperationalError as e:
+            if _sqlite_busy(engine, e) and time.monotonic() < deadline:
+                # SQLite answers some lock conflicts at once, without its busy timeout:
+                # a read snapshot that went stale while another process built the schema,
+                # or a WAL index another process is still setting up. Checking the
+                # schema again is safe: whoever built it first left nothing to redo.
+                engine.dispose()
+                time.sleep(random.uniform(0.05, 0.3))
+                continue
+            engine.dispose()
+            raise StoreError(
+                f"cannot open database {mask_url(settings.database_url)}: "
+                f"{str(e.orig).splitlines()[0]}"
+            ) from e
+
+
+SQLITE_OPEN_PATIENCE_S = 60.0
+"""How long opening an SQLite ledger waits out other processes that are opening it too."""
+
+
+def _sqlite_busy(engine: Engine, error: Exception) -> bool:
+    text = str(getattr(error, "orig", error)).lower()
+    return engine.dialect.name == "sqlite" and ("locked" in text or "busy" in text)
 
 
 def _check_schema(engine: Engine) -> None:
