@@ -43,7 +43,7 @@ DEFAULT_REPEAT = 3
 SECTION = "## Ledger at scale"
 STATUS_TARGET_S = 1.0
 COMMAND_TIMEOUT = 3600.0
-REPRODUCE = "python -m ops.bench.ledger_scale --sizes 10000,100000,1000000 --out docs/BENCHMARKS.md"
+REPRODUCE = "python -m ops.bench.ledger_scale --sizes {sizes} --out docs/BENCHMARKS.md"
 
 
 class LedgerScaleError(RuntimeError):
@@ -61,7 +61,7 @@ class SizeResult:
     records: int
     build_s: float = 0.0
     build_rss_mb: float = 0.0
-    db_mb: float | None = None
+    db_mb: float = 0.0
     commands: dict[str, Measure] = field(default_factory=dict)
     export_bytes: int = 0
     status_reads_s: float = 0.0
@@ -118,14 +118,21 @@ def scratch_database(base_url: str | None, workdir: Path, records: int) -> Itera
         admin.dispose()
 
 
-def _db_mb(url: str) -> float | None:
-    if not url.startswith("sqlite:///"):
-        return None
-    path = Path(url.removeprefix("sqlite:///"))
-    return (
-        sum(Path(f"{path}{s}").stat().st_size for s in ("", "-wal") if Path(f"{path}{s}").exists())
-        / 1e6
-    )
+def _db_mb(url: str) -> float:
+    """The ledger's size on disk: the SQLite file and its WAL, or the PostgreSQL database."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///"))
+        files = [Path(f"{path}{s}") for s in ("", "-wal")]
+        return sum(f.stat().st_size for f in files if f.exists()) / 1e6
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            size = conn.execute(text("SELECT pg_database_size(current_database())")).scalar()
+    finally:
+        engine.dispose()
+    return int(size or 0) / 1e6
 
 
 def measure_size(records: int, *, base_url: str | None, workdir: Path, repeat: int) -> SizeResult:
@@ -183,7 +190,7 @@ def table(results: Sequence[SizeResult]) -> list[str]:
     lines = [head, "|" + "---|" * 10]
     for r in results:
         c = r.commands
-        size = f"{r.db_mb:,.0f} MB" if r.db_mb is not None else "-"
+        size = f"{r.db_mb:,.0f} MB"
         lines.append(
             f"| {r.records:,} | {r.build_s:.0f} s | {size} | {c['status'].seconds:.2f} s "
             f"| {c['status --json'].seconds:.2f} s | {r.status_reads_s * 1000:.0f} ms "
@@ -307,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     backend = (args.database_url or "sqlite").split(":", 1)[0].split("+", 1)[0]
     meta = {
-        "command": REPRODUCE
+        "command": REPRODUCE.format(sizes=",".join(str(n) for n in sizes))
         + (" --database-url postgresql+psycopg://HOST/DB" if backend == "postgresql" else ""),
         "machine": _machine(),
         "database": "PostgreSQL" if backend == "postgresql" else "SQLite (WAL)",
