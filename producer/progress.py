@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from workers.spec import OPENAI_PATHS
 from workers.store import bad_lines, summary
 from workers.store.ledger import Ledger
 from workers.store.models import Status, utcnow
@@ -198,7 +197,8 @@ def batch_progress(ledger: Ledger, batch: BatchInfo, *, details: bool = False) -
     the whole run's, so it does not decay while the batch sits finished.
     """
     engine = ledger.engine
-    counts = ledger.counts(batch.id)
+    tally = summary.tally(engine, batch.id)
+    counts = tally.counts
     started = ledger.first_started(batch.id)
     finished = ledger.last_finished(batch.id)
     total = sum(counts.values())
@@ -206,14 +206,14 @@ def batch_progress(ledger: Ledger, batch: BatchInfo, *, details: bool = False) -
     return BatchProgress(
         batch=batch,
         counts=counts,
-        instances=ledger.instance_counts(batch.id),
+        instances=tally.instances,
         rate=_rate(ledger, batch, started, finished, done if total and done == total else None),
         started_at=started,
         finished_at=finished,
         bad_lines=bad_lines.counts(engine, batch.id),
-        finish_reasons=summary.finish_reasons(engine, batch.id),
+        finish_reasons=tally.finish_reasons,
         last_started_at=summary.last_started(engine, batch.id),
-        details=_details(ledger, batch) if details else None,
+        details=_details(ledger, batch, tally.usage) if details else None,
     )
 
 
@@ -238,7 +238,7 @@ def _rate(
     return recent / span if span > 0.5 else 0.0
 
 
-def _details(ledger: Ledger, batch: BatchInfo) -> Details:
+def _details(ledger: Ledger, batch: BatchInfo, usage: summary.Usage) -> Details:
     engine = ledger.engine
     errors = []
     for b in bad_lines.iter_bad_lines(engine, batch.id, skipped=False):
@@ -247,7 +247,7 @@ def _details(ledger: Ledger, batch: BatchInfo) -> Details:
             break
     return Details(
         errors=errors,
-        usage=summary.usage(engine, batch.id),
+        usage=usage,
         endpoint=_endpoint(ledger, batch),
         source=summary.source(engine, batch.id),
     )
@@ -258,6 +258,10 @@ def _endpoint(ledger: Ledger, batch: BatchInfo) -> str:
     of its requests (of one of them, should a file mix chat and completions)."""
     if batch.spec.get("mode") != "openai":
         return CHAT_ENDPOINT
+    # Here, not at the top: workers.spec brings jinja2 and jsonschema, which `vfleet status`
+    # does not need otherwise (its start-up counts against its 1 s on 10^6 records).
+    from workers.spec import OPENAI_PATHS
+
     sample = summary.sample_input(ledger.engine, batch.id) or {}
     url = sample.get("url")
     return url if isinstance(url, str) and url in OPENAI_PATHS else CHAT_ENDPOINT

@@ -10,14 +10,20 @@ import importlib
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperGroup
 
 from ops.errors import OpsError
 from producer.context import Context, build_settings
 from producer.logs import LOG_FORMATS, configure_logging, redact, url_password
 from workers.errors import VfleetError
+
+if TYPE_CHECKING:
+    # Typer vendors click; its commands are this module's.
+    from typer._click.core import Command
+    from typer._click.core import Context as ClickContext
 
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -71,31 +77,61 @@ def root(
     ctx.obj = Context(settings)
 
 
-# One module per command group; each has ``register(app)``.
-COMMAND_MODULES = (
-    "bench",
-    "config",
-    "db",
-    "demo",
-    "export",
-    "exporter",
-    "flower",
-    "lifecycle",
-    "monitor",
-    "remote",
-    "report",
-    "run",
-    "status",
-    "submit",
-    "worker",
-)
+# One module per command group; each has ``register(app)``, which registers these
+# commands. A command imports only its own module (`vfleet status` loads neither Celery
+# nor the readers: its start-up counts against its 1 s on 10^6 records); `vfleet --help`
+# imports them all. tests/producer/test_cli_loading.py checks this map against the modules.
+COMMAND_MODULES: dict[str, tuple[str, ...]] = {
+    "bench": ("bench",),
+    "config": ("config",),
+    "db": ("db",),
+    "demo": ("demo",),
+    "export": ("export",),
+    "exporter": ("exporter",),
+    "flower": ("flower",),
+    "lifecycle": ("cancel", "delete"),
+    "monitor": ("gpu", "vllm", "discover", "beat", "scan-worker"),
+    "remote": ("forward", "forwards", "serve", "sessions", "stop"),
+    "report": ("report",),
+    "run": ("run",),
+    "status": ("status", "batches"),
+    "submit": ("enqueue", "retry"),
+    "worker": ("worker", "workers"),
+}
+MODULE_OF = {command: module for module, names in COMMAND_MODULES.items() for command in names}
+
+
+def module_commands(module: str) -> TyperGroup:
+    """The commands ``producer.cli.<module>`` registers, as a click group."""
+    sub = typer.Typer(rich_markup_mode=None, pretty_exceptions_enable=False, add_completion=False)
+    importlib.import_module(f"producer.cli.{module}").register(sub)
+    return typer.main.get_group(sub)
+
+
+class LazyCommands(TyperGroup):
+    """The root group: a command's module is imported the first time it is asked for."""
+
+    def list_commands(self, ctx: ClickContext) -> list[str]:
+        return [*MODULE_OF, *(n for n in super().list_commands(ctx) if n not in MODULE_OF)]
+
+    def get_command(self, ctx: ClickContext, cmd_name: str) -> Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is not None or cmd_name not in MODULE_OF:
+            return found
+        group = module_commands(MODULE_OF[cmd_name])
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            if command is not None:
+                self.add_command(command, name)
+        return super().get_command(ctx, cmd_name)
+
+
+app.info.cls = LazyCommands
 
 
 def _register() -> None:
     from ops.sim.cli import sim
 
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"producer.cli.{name}").register(app)
     app.command("sim", help="Serve simulated vLLM instances (no GPU needed).")(sim)
 
 

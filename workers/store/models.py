@@ -101,6 +101,22 @@ class Record(Base):
         Index("ix_records_fingerprint", "fingerprint", "status"),
         # The feeder's "retries of this batch that are due".
         Index("ix_records_batch_retry", "batch_id", "status", "not_before"),
+        # Export's keyset pages in input order (workers.store.queries.record_pages).
+        Index("ix_records_batch_seq", "batch_id", "seq", "id"),
+        # Covers `vfleet status`'s one grouped count (workers.store.summary.tally), so it
+        # reads the index, not the records' JSON.
+        Index(
+            "ix_records_batch_progress",
+            "batch_id",
+            "status",
+            "instance",
+            "finish_reason",
+            "prompt_tokens",
+            "completion_tokens",
+        ),
+        # First and last start, last finish, finished in the last 30 s: one index seek.
+        Index("ix_records_batch_started", "batch_id", "started_at"),
+        Index("ix_records_batch_finished", "batch_id", "finished_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from sqlalchemy import Engine, and_, func, or_, select
+from sqlalchemy import Engine, func, select, tuple_
 from sqlalchemy.orm import Session
 
 from workers.store.models import Record, Status
@@ -62,25 +62,38 @@ class QueryStore:
         return aware(value)
 
 
-def iter_records(engine: Engine, batch_id: int, *, chunk: int = 1000) -> Iterator[Record]:
-    """Every record of the batch in input order, streamed ``chunk`` rows at a time."""
-    last_seq, last_id = -1, -1
+DEFAULT_PAGE = 1000
+
+
+def record_pages(
+    engine: Engine, batch_id: int, *, page: int = DEFAULT_PAGE
+) -> Iterator[list[Record]]:
+    """The batch's records in input order (``seq``, then ``id``), ``page`` rows at a time.
+
+    Keyset pagination along ``ix_records_batch_seq``: each page is one range read that
+    starts where the last one ended, in a session of its own, so a batch of millions
+    costs the same per page and nothing is held between pages."""
+    after: tuple[int, int] | None = None
     while True:
-        q = (
-            select(Record)
-            .where(
-                Record.batch_id == batch_id,
-                or_(Record.seq > last_seq, and_(Record.seq == last_seq, Record.id > last_id)),
-            )
-            .order_by(Record.seq, Record.id)
-            .limit(chunk)
-        )
+        q = select(Record).where(Record.batch_id == batch_id)
+        if after is not None:
+            q = q.where(tuple_(Record.seq, Record.id) > tuple_(*after))
+        q = q.order_by(Record.seq, Record.id).limit(page)
         with Session(engine, expire_on_commit=False) as s:
             rows = list(s.scalars(q))
         if not rows:
             return
+        yield rows
+        if len(rows) < page:
+            return
+        after = (rows[-1].seq, rows[-1].id)
+
+
+def iter_records(engine: Engine, batch_id: int, *, chunk: int = DEFAULT_PAGE) -> Iterator[Record]:
+    """Every record of the batch in input order, streamed ``chunk`` rows at a time
+    (:func:`record_pages`)."""
+    for rows in record_pages(engine, batch_id, page=chunk):
         yield from rows
-        last_seq, last_id = rows[-1].seq, rows[-1].id
 
 
 def aware(value: datetime | None) -> datetime | None:

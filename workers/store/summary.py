@@ -1,7 +1,10 @@
 """What ``vfleet status`` and ``vfleet enqueue`` tell about a batch beyond its counts:
 finish reasons, token usage, where its input came from and what waits to be published.
 
-Each function is one aggregate query over the batch's records.
+Each function is one aggregate query over the batch's records; :func:`tally` gives the
+counts, the instances, the finish reasons and the tokens in one, reading only the index
+that covers them (``ix_records_batch_progress``), so a batch of millions costs a pass
+over a narrow index, not over its records' JSON.
 """
 
 from __future__ import annotations
@@ -20,6 +23,55 @@ from workers.store.queries import aware
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What one pass over a batch's progress index says (see :func:`tally`)."""
+
+    counts: dict[str, int]
+    """Records per status, every status present (zeros included)."""
+    instances: dict[str, dict[str, int]]
+    """Per instance that touched the batch: records per status."""
+    finish_reasons: dict[str, int]
+    """Records per finish reason, the most frequent first (records without one left out)."""
+    usage: Usage
+
+
+def tally(engine: Engine, batch_id: int) -> Tally:
+    """Counts per status, per instance and status, per finish reason, and token usage of
+    the batch, from one grouped query along ``ix_records_batch_progress``. Agrees with
+    :meth:`~workers.store.queries.QueryStore.counts`,
+    :meth:`~workers.store.queries.QueryStore.instance_counts`, :func:`finish_reasons` and
+    :func:`usage`."""
+    q = (
+        select(
+            Record.status,
+            Record.instance,
+            Record.finish_reason,
+            func.count(),
+            func.sum(Record.prompt_tokens),
+            func.sum(Record.completion_tokens),
+        )
+        .where(Record.batch_id == batch_id)
+        .group_by(Record.status, Record.instance, Record.finish_reason)
+    )
+    counts = {s.value: 0 for s in Status}
+    instances: dict[str, dict[str, int]] = {}
+    reasons: dict[str, int] = {}
+    prompt = completion = 0
+    with engine.connect() as conn:
+        for status, instance, reason, n, p_tokens, c_tokens in conn.execute(q):
+            counts[status] = counts.get(status, 0) + int(n)
+            if instance is not None:
+                per = instances.setdefault(instance, {})
+                per[status] = per.get(status, 0) + int(n)
+            if reason is not None:
+                reasons[str(reason)] = reasons.get(str(reason), 0) + int(n)
+            prompt += int(p_tokens or 0)
+            completion += int(c_tokens or 0)
+    ordered = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    return Tally(counts, instances, ordered, Usage(prompt, completion))
 
 
 def finish_reasons(engine: Engine, batch_id: int) -> dict[str, int]:
