@@ -40,6 +40,21 @@ def _rows(n: int, start: int = 0) -> list[tuple[str, int, dict[str, object]]]:
     return [(f"k{i}", i, {"i": i, "text": f"record {i}"}) for i in range(start, start + n)]
 
 
+def test_the_head_the_opener_knows_is_alembics_and_reads_back_from_a_migrated_ledger(
+    database_url: str,
+) -> None:
+    from workers.store.opening import SCHEMA_HEAD, _stored_revision
+
+    assert head_revision() == SCHEMA_HEAD
+    engine = make_engine(database_url)
+    try:
+        assert _stored_revision(engine) is None
+        upgrade(engine)
+        assert _stored_revision(engine) == SCHEMA_HEAD == current_revision(engine)
+    finally:
+        engine.dispose()
+
+
 def test_migration_creates_every_table_and_is_idempotent(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None
