@@ -1,6 +1,6 @@
 """What a benchmark runs: the scenarios (simulated fleets), the modes and the sizes.
 
-Two sizes: the full one (``vfleet bench``: every scenario, about 20 minutes on a quiet 2-core
+Two sizes: the full one (``vfleet bench``: every scenario, about 25 minutes on a quiet 2-core
 box) and ``--quick`` (CI: the failure scenario only, which exercises every classic mode, the
 kill and the revival, on a 2-instance fleet with short latencies and ~100 records; under 2
 minutes).
