@@ -62,6 +62,16 @@ def bench(
     records: Annotated[
         int | None, typer.Option(min=10, help="Records per vfleet/ideal run.")
     ] = None,
+    fast_records: Annotated[
+        int | None, typer.Option(min=10, help="Records per run of a fast scenario.")
+    ] = None,
+    before_tree: Annotated[
+        Path | None,
+        typer.Option(
+            help="Source tree of an older vfleet (a git worktree) to run as the vfleet-before "
+            "mode on the fast scenario; without it that mode does not run."
+        ),
+    ] = None,
     baseline_records: Annotated[
         int | None, typer.Option(min=4, help="Records per seeds run.")
     ] = None,
@@ -78,6 +88,8 @@ def bench(
     capacity on simulated fleets; write BENCHMARKS.md and plots."""
     if enqueue_only and skip_enqueue:
         raise typer.BadParameter("--enqueue-only and --skip-enqueue exclude each other")
+    if before_tree is not None and not (before_tree / "workers").is_dir():
+        raise BenchSetupError(f"--before-tree {before_tree}: no vfleet source tree (no workers/)")
     options = BenchOptions.build(
         output,
         quick=quick,
@@ -85,12 +97,14 @@ def bench(
         modes=_choices(mode, ALL_MODES, "--mode"),
         fleet_runs=not enqueue_only,
         enqueue_run=not skip_enqueue,
+        before_tree=before_tree,
     )
     if scenario:
         options = replace(options, scenarios=_choices(scenario, ALL_SCENARIOS, "--scenario"))
     options = _sizes(
         options,
         records=records,
+        fast_records=fast_records,
         baseline_records=baseline_records,
         enqueue_records=enqueue_records,
         celery_messages=celery_messages,
@@ -99,13 +113,35 @@ def bench(
         raise BenchSetupError(f"--output {output}: {output.parent} does not exist")
     from ops.bench.run import run  # the harness loads only when the command runs
 
-    _print(run(options, command=_command_line(quick, output)))
+    _print(run(options, command=_command_line(options, quick=quick, given=scenario)))
 
 
-def _command_line(quick: bool, output: Path) -> str:
+def _command_line(options: BenchOptions, *, quick: bool, given: list[str] | None) -> str:
+    """The command that reproduces ``options``."""
     parts = ["vfleet bench"]
     if quick:
         parts.append("--quick")
-    if output != DEFAULT_OUTPUT:
-        parts += ["--output", str(output)]
+    for name in options.scenarios if given else ():
+        parts += ["--scenario", name]
+    if options.modes != ALL_MODES:
+        for name in options.modes:
+            parts += ["--mode", name]
+    if options.before_tree is not None:
+        parts += ["--before-tree", str(options.before_tree)]
+    base = BenchOptions.build(options.output_dir, quick=quick).sizes
+    for flag, value, default in (
+        ("--records", options.sizes.records, base.records),
+        ("--fast-records", options.sizes.fast_records, base.fast_records),
+        ("--baseline-records", options.sizes.baseline_records, base.baseline_records),
+        ("--enqueue-records", options.sizes.enqueue_records, base.enqueue_records),
+        ("--celery-messages", options.sizes.celery_messages, base.celery_messages),
+    ):
+        if value != default:
+            parts += [flag, str(value)]
+    if not options.fleet_runs:
+        parts.append("--enqueue-only")
+    if not options.enqueue_run:
+        parts.append("--skip-enqueue")
+    if options.output_dir != DEFAULT_OUTPUT:
+        parts += ["--output", str(options.output_dir)]
     return " ".join(parts)

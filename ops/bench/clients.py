@@ -1,4 +1,5 @@
-"""``python -m ops.bench.clients``: run one client mode (seeds' pool or ideal) in its own process.
+"""``python -m ops.bench.clients``: run one client mode (seeds' pool, ideal or raw-http) in its
+own process.
 
 The benchmark starts this as a subprocess so that its CPU time and peak memory are the
 client's alone. It reads the records, runs them, writes one outcome line per finished
@@ -17,21 +18,25 @@ from pathlib import Path
 from ops.bench.baseline import run_pool
 from ops.bench.ideal import IdealClient
 from ops.bench.outcome import KillSwitch, OutcomeWriter
+from ops.bench.raw_http import RawHttpClient
 from ops.bench.workload import JudgePrompt, read_records
 
 POOL = "pool"
 IDEAL = "ideal"
+RAW = "raw-http"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m ops.bench.clients")
-    p.add_argument("--mode", choices=(POOL, IDEAL), required=True)
+    p.add_argument("--mode", choices=(POOL, IDEAL, RAW), required=True)
     p.add_argument("--urls", required=True, help="comma-separated OpenAI base URLs")
     p.add_argument("--model", required=True)
     p.add_argument("--records", type=Path, required=True)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--threads", type=int, default=4, help="pool size (pool mode)")
-    p.add_argument("--concurrency", type=int, default=32, help="lanes per instance (ideal)")
+    p.add_argument(
+        "--concurrency", type=int, default=32, help="lanes per instance (ideal, raw-http)"
+    )
     p.add_argument("--kill-url")
     p.add_argument("--kill-after", type=int, default=0)
     p.add_argument("--time-limit", type=float, default=600.0)
@@ -57,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
                 writer=writer,
                 time_limit=args.time_limit,
             )
+        elif args.mode == RAW:
+            raw = RawHttpClient(urls, prompt, args.model, writer)
+            asyncio.run(raw.run(records, args.concurrency, args.time_limit))
         else:
             client = IdealClient(urls, prompt, args.model, writer)
             asyncio.run(client.run(records, args.concurrency, args.time_limit))

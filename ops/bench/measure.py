@@ -138,6 +138,12 @@ class RunResult:
         return 1000 * self.own_cpu / self.records if self.records else math.nan
 
     @property
+    def sim_ms_per_request(self) -> float:
+        """The simulator's own CPU per answer it produced, in ms."""
+        answers = sum(self.per_instance)
+        return 1000 * self.sim_cpu / answers if answers > 0 else math.nan
+
+    @property
     def extra_answers(self) -> int:
         return max(0, round(sum(self.per_instance)) - self.tally.ok)
 

@@ -21,17 +21,19 @@ from typing import Any
 
 from ops.bench.clients import IDEAL as CLIENT_IDEAL
 from ops.bench.clients import POOL as CLIENT_POOL
+from ops.bench.clients import RAW as CLIENT_RAW
 from ops.bench.clients import meta_path
-from ops.bench.config import IDEAL, SEEDS_A, SEEDS_B_THREADS, VFLEET_RR, Scenario
+from ops.bench.config import IDEAL, RAW_HTTP, SEEDS_A, SEEDS_B_THREADS, VFLEET_RR, Scenario
 from ops.bench.errors import BenchRunError
 from ops.bench.fleet import SimBench, http_post
 from ops.bench.measure import RunResult, capacity, tally
 from ops.bench.procs import Child, RssSampler, cpu_seconds
-from ops.bench.stack import VfleetStack, check_worker_logs, parse_time, run_cli, vfleet_argv
+from ops.bench.stack import VfleetStack, check_worker_logs, parse_time
 
 logger = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
+_CLIENT_OF = {IDEAL: CLIENT_IDEAL, RAW_HTTP: CLIENT_RAW}  # the seeds' modes: the pool
 _TERMINAL = ("succeeded", "failed", "cancelled")
 
 
@@ -73,12 +75,12 @@ def _median(values: list[float]) -> float:
 
 
 def run_client_mode(spec: RunSpec, mode: str) -> RunResult:
-    """Run ``mode`` (ideal, seeds-a or seeds-b) in a client subprocess and measure it."""
+    """Run ``mode`` (ideal, raw-http, seeds-a or seeds-b) in a client subprocess; measure it."""
     sims = spec.sims
     out = spec.workdir / f"{mode}.jsonl"
     argv = [
         sys.executable, "-m", "ops.bench.clients",
-        "--mode", CLIENT_IDEAL if mode == IDEAL else CLIENT_POOL,
+        "--mode", _CLIENT_OF.get(mode, CLIENT_POOL),
         "--urls", ",".join(sims.urls),
         "--model", sims.model,
         "--records", str(spec.records_file),
@@ -178,18 +180,17 @@ def _cpu(pids: list[int]) -> list[float]:
 def run_vfleet_mode(spec: RunSpec, stack: VfleetStack, mode: str) -> RunResult:
     """Enqueue the records with ``--route shared`` or ``round-robin`` and measure the batch."""
     route = "round-robin" if mode == VFLEET_RR else "shared"
-    batch = f"{spec.scenario.name}-{route}"
+    batch = f"{spec.scenario.name}-{mode}"
     sims = spec.sims
     pids = stack.worker_pids()
     redis_pid = stack.redis_pid
     before, cpu0 = sims.counts(), _cpu([*pids, sims.pid, redis_pid or 0])
-    enqueue = Child(
+    enqueue = stack.child(
         f"enqueue-{batch}",
-        vfleet_argv(
+        [
             "enqueue", str(spec.records_file), "--spec", "judge", "--batch", batch,
             "--key", "id", "--route", route, "--no-reuse", "--json",
-        ),
-        env=stack.env,
+        ],
         log=spec.workdir / f"{mode}-enqueue.log",
     ).start()  # fmt: skip
     t0 = enqueue.started_at
@@ -199,7 +200,7 @@ def run_vfleet_mode(spec: RunSpec, stack: VfleetStack, mode: str) -> RunResult:
     sims.settle()  # the dropped copies of hedged records finish: counted as extra answers
     after, cpu1 = sims.counts(), _cpu([*pids, sims.pid, redis_pid or 0])
     exported = spec.workdir / f"{mode}-export.jsonl"
-    run_cli(["export", batch, "-o", str(exported)], stack.env, stack.cli_log)
+    stack.cli(["export", batch, "-o", str(exported)])
     rows = _read_jsonl(exported)
     final = [r for r in rows if r["status"] in _TERMINAL]
     ok_rows = [r for r in final if r["status"] == "succeeded"]

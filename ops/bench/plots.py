@@ -25,6 +25,9 @@ _COLORS = {
     "seeds-a": "#d62728",
     "seeds-b": "#ff7f0e",
     "ideal": "#2ca02c",
+    "raw-http": "#9467bd",
+    "vfleet-chunk1": "#8c564b",
+    "vfleet-before": "#7f7f7f",
 }
 
 

@@ -76,10 +76,12 @@ class Child:
         env: Mapping[str, str] | None = None,
         log: Path | None = None,
         stdout: Path | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
         self.env = dict(env) if env is not None else None
+        self.cwd = cwd
         self.log = log
         self.stdout = stdout
         self.started_at = 0.0
@@ -102,6 +104,7 @@ class Child:
         self._proc = subprocess.Popen(
             self.argv,
             env=self.env,
+            cwd=self.cwd,
             stdin=subprocess.DEVNULL,
             stdout=out if out is not None else subprocess.DEVNULL,
             stderr=err if err is not None else subprocess.DEVNULL,

@@ -1,25 +1,32 @@
 """``BENCHMARKS.md``: the targets, the results tables, the plots; other sections kept verbatim.
 
-The file is rewritten on every run. Sections this harness does not own (``## Simulator``,
-``## Monitoring``) and the hand-written ``## Profiling notes`` are carried over unchanged
-from the existing file, after the generated ones.
+The file is rewritten on every run. Sections this harness does not own (``## Ledger at
+scale``, ``## Simulator``, ``## Monitoring``) and the hand-written ``## Profiling notes`` are
+carried over unchanged from the existing file, after the generated ones.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.bench.config import MODE_TITLES, BenchOptions, scenarios
+from ops.bench.config import (
+    CLASSIC_SCENARIOS,
+    FAST_SCENARIOS,
+    MODE_TITLES,
+    BenchOptions,
+    classic_scenarios,
+)
 from ops.bench.enqueue import EnqueueBench, ProcessFigures
+from ops.bench.fast_report import fast_intro, options_table, scaling_table
 from ops.bench.measure import RunFailure, RunResult
 from ops.bench.targets import Target, verdict
 
 TITLE = "# Benchmarks"
-KEPT_SECTIONS = ("## Profiling notes", "## Simulator", "## Monitoring")
+KEPT_SECTIONS = ("## Profiling notes", "## Ledger at scale", "## Simulator", "## Monitoring")
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class RunMeta:
     load_start: float
     load_end: float
     duration: float
+    sources: dict[str, str] = field(default_factory=dict)  # stack kind -> other source tree
 
 
 def kept_sections(existing: str) -> str:
@@ -79,16 +87,17 @@ def _results_table(results: list[RunResult]) -> list[str]:
 def _resources_table(results: list[RunResult]) -> list[str]:
     head = (
         "| scenario | mode | capacity records/s | steady records/s (10-90%) | own CPU s "
-        "| simulators CPU s | Redis CPU s | RSS MB, all own processes | answers per instance |"
+        "| simulators CPU s | simulator CPU ms/answer | Redis CPU s | RSS MB, all own processes "
+        "| answers per instance |"
     )
-    lines = [head, "|" + "---|" * 9]
+    lines = [head, "|" + "---|" * 10]
     for r in results:
         shares = " / ".join(f"{v:.0f}" for v in r.per_instance)
         redis = "-" if r.redis_cpu is None else f"{r.redis_cpu:.1f}"
         lines.append(
             f"| {r.scenario} | {MODE_TITLES[r.mode]} | {r.capacity:.1f} | "
-            f"{_f(r.steady_rate, '.1f')} | {r.own_cpu:.1f} | {r.sim_cpu:.1f} | {redis} | "
-            f"{r.own_rss_total_mb:.0f} | {shares} |"
+            f"{_f(r.steady_rate, '.1f')} | {r.own_cpu:.1f} | {r.sim_cpu:.1f} | "
+            f"{_f(r.sim_ms_per_request, '.2f')} | {redis} | {r.own_rss_total_mb:.0f} | {shares} |"
         )
     return lines
 
@@ -126,9 +135,8 @@ def _enqueue_section(bench: EnqueueBench | None) -> list[str]:
 
 
 def _intro(options: BenchOptions, meta: RunMeta) -> list[str]:
-    s, z = options.shape, options.sizes
-    return [
-        "## vfleet against the seeds' thread pool and the fleet's capacity",
+    lines = [
+        "## vfleet against the seeds' thread pool, the client-side ideals and the fleet's capacity",
         "",
         f"Reproduce: `{meta.command}` ({'quick size' if options.quick else 'full size'}; "
         f"took {meta.duration / 60:.1f} min). Machine: {meta.machine}; load average "
@@ -136,15 +144,26 @@ def _intro(options: BenchOptions, meta: RunMeta) -> list[str]:
         "The box is shared with other engineers' test runs, so every figure is noisy; "
         "re-run at a quiet moment before quoting one.",
         "",
-        f"Fleet: {s.instances} simulated vLLM instances in one `python -m ops.sim` process, "
-        f"`--max-num-seqs {s.max_num_seqs} --ttft {s.ttft:g} --itl {s.itl:g} "
+    ]
+    if any(name in CLASSIC_SCENARIOS for name in options.scenarios):
+        lines += _classic_intro(options)
+    if any(name in FAST_SCENARIOS for name in options.scenarios):
+        lines += fast_intro(options, meta.sources)
+    return [*lines, *_columns(options)]
+
+
+def _classic_intro(options: BenchOptions) -> list[str]:
+    s, z = options.shape, options.sizes
+    return [
+        f"Classic fleet: {s.instances} simulated vLLM instances in one `python -m ops.sim` "
+        f"process, `--max-num-seqs {s.max_num_seqs} --ttft {s.ttft:g} --itl {s.itl:g} "
         f"--time-factor-under-load {s.time_factor:g}`. Every mode sends the same request: vfleet's "
         "`judge` spec (system prompt, user template, `temperature 0`, `max_tokens 512`, "
         "`response_format` json_schema); the simulator's answer is a function of the body, so "
         "every mode gets the same answer lengths. Scenarios: "
         + "; ".join(
             f"*{sc.name}*: {sc.title}"
-            for sc in scenarios(s).values()
+            for sc in classic_scenarios(s).values()
             if sc.name in options.scenarios
         )
         + ". The failure is `POST /sim/kill` on the last instance (engine dead: `/health` 503, "
@@ -167,6 +186,12 @@ def _intro(options: BenchOptions, meta: RunMeta) -> list[str]:
         f"{s.instances * s.max_num_seqs}, a full batch would take the seeds many minutes; their "
         "rate is steady from the first seconds, so the smaller sample measures it).",
         "",
+    ]
+
+
+def _columns(options: BenchOptions) -> list[str]:
+    s = options.shape
+    return [
         "What the columns mean: *wall* runs from launching the producer (`vfleet enqueue`) or "
         "the client process to the last completion, start-up included in every mode. *p50/p99* "
         "are per-record times from that launch to the record's completion (vfleet: the ledger's "
@@ -206,6 +231,8 @@ def render(
         ]
         lines += [""] if failures else []
         lines += ["### Resources and work split", "", *_resources_table(results), ""]
+        lines += scaling_table(results)
+        lines += options_table(results)
         lines += ["### Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
         lines.append("")

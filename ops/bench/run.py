@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from ops.bench.config import BenchOptions, scenarios
+from ops.bench.config import BenchOptions
 from ops.bench.enqueue import EnqueueBench, run_enqueue_bench
 from ops.bench.measure import RunFailure, RunResult
 from ops.bench.plots import write_plots
@@ -79,7 +79,7 @@ def run(
     failures = outcomes.failures if outcomes is not None else []
     enqueue = run_enqueue_bench(options, workdir / "enqueue", say) if options.enqueue_run else None
     options.output_dir.mkdir(parents=True, exist_ok=True)
-    titles = {name: sc.title for name, sc in scenarios(options.shape).items()}
+    titles = {name: sc.title for name, sc in options.scenario_table().items()}
     plots = write_plots(results, titles, options.output_dir)
     targets = evaluate(results, enqueue, failures)
     meta = RunMeta(
@@ -89,6 +89,7 @@ def run(
         load_start=load_start,
         load_end=os.getloadavg()[0],
         duration=time.monotonic() - started,
+        sources=dict(outcomes.sources) if outcomes is not None else {},
     )
     report = options.output_dir / REPORT_NAME
     existing = report.read_text(encoding="utf-8") if report.exists() else ""

@@ -3,6 +3,11 @@
 Everything goes through the ``vfleet`` CLI in subprocesses (``python -m producer ...``) with
 ``VFLEET_*`` variables; nothing of ``workers`` or ``producer`` is imported here. The ledger
 is read back read-only with the stdlib ``sqlite3`` module.
+
+A stack may run vfleet from another source tree (``source_tree``: a git worktree of an older
+commit, for the ``vfleet-before`` mode): every vfleet process of it then runs in that tree
+with it first on ``PYTHONPATH``, on this interpreter and its installed dependencies, and
+the stack checks before starting that ``workers`` and ``producer`` import from there.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -34,10 +39,10 @@ def vfleet_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "producer", *args]
 
 
-def run_cli(args: Sequence[str], env: dict[str, str], log: Path) -> str:
+def run_cli(args: Sequence[str], env: dict[str, str], log: Path, cwd: Path | None = None) -> str:
     """Run one vfleet command to completion; returns its stdout. Raises :class:`BenchRunError`."""
     done = subprocess.run(
-        vfleet_argv(*args), env=env, capture_output=True, text=True, timeout=CLI_TIMEOUT
+        vfleet_argv(*args), env=env, cwd=cwd, capture_output=True, text=True, timeout=CLI_TIMEOUT
     )
     with log.open("a", encoding="utf-8") as fh:
         fh.write(f"$ vfleet {' '.join(args)}\n{done.stdout}{done.stderr}\n")
@@ -82,10 +87,21 @@ def parse_time(value: str | None) -> float | None:
 class VfleetStack:
     """Redis, the fleet file, the ledger and one ``vfleet worker`` per instance (a context)."""
 
-    def __init__(self, sims: SimBench, workdir: Path, *, concurrency: int) -> None:
+    def __init__(
+        self,
+        sims: SimBench,
+        workdir: Path,
+        *,
+        concurrency: int,
+        env: Mapping[str, str] | None = None,
+        source_tree: Path | None = None,
+    ) -> None:
         self.sims = sims
         self.workdir = workdir
         self.concurrency = concurrency
+        self.extra_env = dict(env or {})
+        self.source_tree = source_tree.resolve() if source_tree is not None else None
+        self.source_commit: str | None = None
         self.db_path = workdir / "vfleet.db"
         self.ledger = Ledger(self.db_path)
         self.cli_log = workdir / "cli.log"
@@ -99,8 +115,58 @@ class VfleetStack:
         proc = self.redis.process if self.redis is not None else None
         return proc.pid if proc is not None else None
 
+    @property
+    def cwd(self) -> Path | None:
+        """Where vfleet processes run: the other source tree (``python -m`` puts the working
+        directory first on ``sys.path``), or the caller's directory."""
+        return self.source_tree
+
+    def cli(self, args: Sequence[str]) -> str:
+        """Run one vfleet command of this stack; returns its stdout."""
+        return run_cli(args, self.env, self.cli_log, self.cwd)
+
+    def child(self, name: str, args: Sequence[str], log: Path) -> Child:
+        """A vfleet process of this stack (not started)."""
+        return Child(name, vfleet_argv(*args), env=self.env, log=log, cwd=self.cwd)
+
+    def _source_env(self) -> dict[str, str]:
+        if self.source_tree is None:
+            return {}
+        path = os.environ.get("PYTHONPATH")
+        tree = str(self.source_tree)
+        return {"PYTHONPATH": f"{tree}{os.pathsep}{path}" if path else tree}
+
+    def _check_source(self) -> None:
+        """Make sure the stack's processes import vfleet from its source tree."""
+        if self.source_tree is None:
+            return
+        probe = "import producer, workers; print(workers.__file__); print(producer.__file__)"
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=self.env,
+            cwd=self.cwd,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        files = [Path(line).resolve() for line in done.stdout.split()]
+        if done.returncode != 0 or not files:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BenchSetupError(f"vfleet does not import from {self.source_tree}: {last}")
+        for file in files:
+            if not file.is_relative_to(self.source_tree):
+                raise BenchSetupError(f"{self.source_tree}: vfleet imports from {file} instead")
+        rev = subprocess.run(
+            ["git", "-C", str(self.source_tree), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.source_commit = rev.stdout.strip() or None
+
     def start(self) -> VfleetStack:
         """Start Redis and the workers, and wait until every worker says it is ready."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
         try:
             self.redis = RedisServer().start()
         except RedisServerError as e:
@@ -115,16 +181,18 @@ class VfleetStack:
         self.env = {
             **os.environ,
             **VFLEET_ENV,
+            **self.extra_env,
+            **self._source_env(),
             "VFLEET_BROKER_URL": self.redis.url,
             "VFLEET_DATABASE_URL": f"sqlite:///{self.db_path}",
             "VFLEET_FLEET_FILE": str(fleet_file),
         }
-        run_cli(["db", "upgrade"], self.env, self.cli_log)
+        self._check_source()
+        self.cli(["db", "upgrade"])
         for name in self.sims.names:
-            child = Child(
+            child = self.child(
                 f"worker-{name}",
-                vfleet_argv("worker", "--instance", name, "--loglevel", "INFO"),
-                env=self.env,
+                ["worker", "--instance", name, "--loglevel", "INFO"],
                 log=self.workdir / f"worker-{name}.log",
             )
             self.workers.append(child.start())
