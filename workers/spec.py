@@ -323,7 +323,13 @@ def parse_answer(spec: Spec, text: str) -> dict[str, Any] | None:
     if spec.json_schema is None:
         return None
     answer = _load_json(spec, text)
-    error = jsonschema.exceptions.best_match(_validator(spec.json_schema).iter_errors(answer))
+    validator = _validator(spec.json_schema)
+    # best_match walks every error; on the hot path almost every answer is valid.
+    error = (
+        None
+        if validator.is_valid(answer)
+        else jsonschema.exceptions.best_match(validator.iter_errors(answer))
+    )
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path)
         message = _schema_message(error)
@@ -500,8 +506,20 @@ def _validator_for(schema_json: str) -> jsonschema.Draft202012Validator:
     return jsonschema.Draft202012Validator(json.loads(schema_json))
 
 
+_VALIDATORS: dict[int, tuple[dict[str, Any], jsonschema.Draft202012Validator]] = {}
+
+
 def _validator(schema: dict[str, Any]) -> jsonschema.Draft202012Validator:
-    return _validator_for(json.dumps(schema, sort_keys=True))
+    # A spec's schema is one dict for the life of the process: find its validator by
+    # identity first (the entry keeps the dict alive, so its id is not reused), and by
+    # content only the first time, which is what costs a dumps.
+    entry = _VALIDATORS.get(id(schema))
+    if entry is not None and entry[0] is schema:
+        return entry[1]
+    validator = _validator_for(json.dumps(schema, sort_keys=True))
+    if len(_VALIDATORS) < 256:
+        _VALIDATORS[id(schema)] = (schema, validator)
+    return validator
 
 
 def _render(source: str, context: Mapping[str, Any]) -> str:
