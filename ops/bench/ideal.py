@@ -25,19 +25,36 @@ from ops.bench.workload import JudgePrompt
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 5.0
-_IDLE_POLL = 0.02
+IDLE_POLL = 0.02
+PERMANENT_STATUSES = (400, 401, 403, 404, 422)
+"""Answers that the same request would get again: the record fails instead of retrying."""
 
 
 @dataclass
-class _Work:
+class Work:
+    """What the lanes of a client-side mode share: one deque of records still to send."""
+
     pending: deque[dict[str, Any]]
     remaining: int
     deadline: float
+    writer: OutcomeWriter
     attempts: Counter[str] = field(default_factory=Counter)
+
+    def finish(
+        self, key: str, index: int, started: float, tokens: int | None, error: str | None
+    ) -> None:
+        """Record ``key``'s final outcome (``error`` None: it succeeded)."""
+        now = time.time()
+        self.remaining -= 1
+        self.writer.write(
+            Outcome(
+                key, error is None, index, now, now - started, tokens, self.attempts[key], error
+            )
+        )
 
 
 def _permanent(e: openai.OpenAIError) -> bool:
-    return isinstance(e, openai.APIStatusError) and e.status_code in (400, 401, 403, 404, 422)
+    return isinstance(e, openai.APIStatusError) and e.status_code in PERMANENT_STATUSES
 
 
 class IdealClient:
@@ -57,7 +74,7 @@ class IdealClient:
             openai.AsyncOpenAI(base_url=u, api_key="sim", max_retries=0, timeout=CLIENT_TIMEOUT)
             for u in self.base_urls
         ]
-        work = _Work(deque(records), len(records), time.monotonic() + time_limit)
+        work = Work(deque(records), len(records), time.monotonic() + time_limit, self.writer)
         try:
             lanes = [
                 self._lane(i, client, work)
@@ -69,11 +86,11 @@ class IdealClient:
             for client in clients:
                 await client.close()
 
-    async def _lane(self, index: int, client: openai.AsyncOpenAI, work: _Work) -> None:
+    async def _lane(self, index: int, client: openai.AsyncOpenAI, work: Work) -> None:
         backoff = 0.0
         while work.remaining > 0 and time.monotonic() < work.deadline:
             if not work.pending:
-                await asyncio.sleep(_IDLE_POLL)
+                await asyncio.sleep(IDLE_POLL)
                 continue
             record = work.pending.popleft()
             key = str(record["id"])
@@ -85,7 +102,7 @@ class IdealClient:
                 )
             except openai.OpenAIError as e:
                 if _permanent(e) or work.attempts[key] >= CLIENT_MAX_ATTEMPTS:
-                    self._finish(work, key, index, started, None, str(e).splitlines()[0][:200])
+                    work.finish(key, index, started, None, str(e).splitlines()[0][:200])
                 else:
                     work.pending.appendleft(record)
                 backoff = min(BACKOFF_MAX, max(BACKOFF_BASE, backoff * 2))
@@ -93,20 +110,4 @@ class IdealClient:
                 continue
             backoff = 0.0
             tokens = resp.usage.completion_tokens if resp.usage else None
-            self._finish(work, key, index, started, tokens, None)
-
-    def _finish(
-        self,
-        work: _Work,
-        key: str,
-        index: int,
-        started: float,
-        tokens: int | None,
-        error: str | None,
-    ) -> None:
-        now = time.time()
-        work.remaining -= 1
-        outcome = Outcome(
-            key, error is None, index, now, now - started, tokens, work.attempts[key], error
-        )
-        self.writer.write(outcome)
+            work.finish(key, index, started, tokens, None)

@@ -15,9 +15,8 @@ import asyncio
 import json
 import random
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -25,13 +24,10 @@ import jinja2
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from ops.bench.config import CLIENT_MAX_ATTEMPTS, CLIENT_TIMEOUT
-from ops.bench.outcome import Outcome, OutcomeWriter
+from ops.bench.ideal import BACKOFF_BASE, BACKOFF_MAX, IDLE_POLL, PERMANENT_STATUSES, Work
+from ops.bench.outcome import OutcomeWriter
 from ops.bench.workload import JudgePrompt
 
-BACKOFF_BASE = 0.5
-BACKOFF_MAX = 5.0
-_IDLE_POLL = 0.02
-_PERMANENT = (400, 401, 403, 404, 422)
 _HEADERS = {"Content-Type": "application/json", "Authorization": "Bearer sim"}
 
 
@@ -66,14 +62,6 @@ class BodyMaker:
         return json.dumps(self.request(record)).encode()
 
 
-@dataclass
-class _Work:
-    pending: deque[dict[str, Any]]
-    remaining: int
-    deadline: float
-    attempts: Counter[str] = field(default_factory=Counter)
-
-
 class _CallError(Exception):
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)
@@ -99,7 +87,7 @@ class RawHttpClient:
             )
             for _ in self.urls
         ]
-        work = _Work(deque(records), len(records), time.monotonic() + time_limit)
+        work = Work(deque(records), len(records), time.monotonic() + time_limit, self.writer)
         try:
             lanes = [
                 self._lane(i, session, work)
@@ -117,18 +105,20 @@ class RawHttpClient:
             async with session.post(url, data=body, headers=_HEADERS) as resp:
                 raw = await resp.read()
                 if resp.status != 200:
-                    raise _CallError(f"HTTP {resp.status}", permanent=resp.status in _PERMANENT)
+                    raise _CallError(
+                        f"HTTP {resp.status}", permanent=resp.status in PERMANENT_STATUSES
+                    )
         except (aiohttp.ClientError, TimeoutError) as e:
             raise _CallError(f"{type(e).__name__}: {e}") from e
         usage = json.loads(raw).get("usage") or {}
         tokens = usage.get("completion_tokens")
         return int(tokens) if tokens is not None else None
 
-    async def _lane(self, index: int, session: aiohttp.ClientSession, work: _Work) -> None:
+    async def _lane(self, index: int, session: aiohttp.ClientSession, work: Work) -> None:
         url, backoff = self.urls[index], 0.0
         while work.remaining > 0 and time.monotonic() < work.deadline:
             if not work.pending:
-                await asyncio.sleep(_IDLE_POLL)
+                await asyncio.sleep(IDLE_POLL)
                 continue
             record = work.pending.popleft()
             key = str(record["id"])
@@ -138,27 +128,11 @@ class RawHttpClient:
                 tokens = await self._call(session, url, self.bodies.body(record))
             except _CallError as e:
                 if e.permanent or work.attempts[key] >= CLIENT_MAX_ATTEMPTS:
-                    self._finish(work, key, index, started, None, str(e)[:200])
+                    work.finish(key, index, started, None, str(e)[:200])
                 else:
                     work.pending.appendleft(record)
                 backoff = min(BACKOFF_MAX, max(BACKOFF_BASE, backoff * 2))
                 await asyncio.sleep(backoff * (0.5 + random.random() / 2))
                 continue
             backoff = 0.0
-            self._finish(work, key, index, started, tokens, None)
-
-    def _finish(
-        self,
-        work: _Work,
-        key: str,
-        index: int,
-        started: float,
-        tokens: int | None,
-        error: str | None,
-    ) -> None:
-        now = time.time()
-        work.remaining -= 1
-        outcome = Outcome(
-            key, error is None, index, now, now - started, tokens, work.attempts[key], error
-        )
-        self.writer.write(outcome)
+            work.finish(key, index, started, tokens, None)

@@ -1,4 +1,4 @@
-"""The fast scenario's parts: its capacity, the raw-http client, the targets of issue 17."""
+"""The fast scenario's parts: its capacity, the raw-http client, the targets it is judged by."""
 
 from __future__ import annotations
 

@@ -19,55 +19,43 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Connection, Engine, and_, bindparam, case, or_, select, update
+from sqlalchemy.sql.dml import ReturningUpdate
+from sqlalchemy.sql.elements import ColumnElement
 
 from workers.store.models import CLAIMABLE, Batch, Record, Status, utcnow
 from workers.store.values import BatchInfo, Claim, Outcome
 
+
 # The two statements every record runs, built once with bind parameters: SQLAlchemy then
 # compiles each once, where a statement built per call costs its cache-key walk each time.
-_CLAIM = (
-    update(Record)
-    .where(
-        Record.id == bindparam("b_id"),
-        or_(
-            Record.status.in_(CLAIMABLE),
-            and_(Record.status == Status.RUNNING, Record.lease_until < bindparam("b_now")),
-        ),
+def _claim_statement(which: ColumnElement[bool]) -> ReturningUpdate[Any]:
+    """Claim the records ``which`` selects that are claimable or whose lease ran out."""
+    return (
+        update(Record)
+        .where(
+            which,
+            or_(
+                Record.status.in_(CLAIMABLE),
+                and_(Record.status == Status.RUNNING, Record.lease_until < bindparam("b_now")),
+            ),
+        )
+        .values(
+            status=Status.RUNNING,
+            attempts=Record.attempts + 1,
+            lease_until=bindparam("b_lease"),
+            worker=bindparam("b_worker"),
+            instance=bindparam("b_instance"),
+            task_id=bindparam("b_task"),
+            started_at=bindparam("b_now"),
+            not_before=None,
+        )
+        .returning(Record.id, Record.batch_id, Record.key, Record.input, Record.attempts)
     )
-    .values(
-        status=Status.RUNNING,
-        attempts=Record.attempts + 1,
-        lease_until=bindparam("b_lease"),
-        worker=bindparam("b_worker"),
-        instance=bindparam("b_instance"),
-        task_id=bindparam("b_task"),
-        started_at=bindparam("b_now"),
-        not_before=None,
-    )
-    .returning(Record.batch_id, Record.key, Record.input, Record.attempts)
-)
+
+
+_CLAIM = _claim_statement(Record.id == bindparam("b_id"))
 # The same claim for every id of a message at once (a message carries a chunk of records).
-_CLAIM_MANY = (
-    update(Record)
-    .where(
-        Record.id.in_(bindparam("b_ids", expanding=True)),
-        or_(
-            Record.status.in_(CLAIMABLE),
-            and_(Record.status == Status.RUNNING, Record.lease_until < bindparam("b_now")),
-        ),
-    )
-    .values(
-        status=Status.RUNNING,
-        attempts=Record.attempts + 1,
-        lease_until=bindparam("b_lease"),
-        worker=bindparam("b_worker"),
-        instance=bindparam("b_instance"),
-        task_id=bindparam("b_task"),
-        started_at=bindparam("b_now"),
-        not_before=None,
-    )
-    .returning(Record.id, Record.batch_id, Record.key, Record.input, Record.attempts)
-)
+_CLAIM_MANY = _claim_statement(Record.id.in_(bindparam("b_ids", expanding=True)))
 _RESULT = {
     name: bindparam(f"b_{name}", type_=Record.__table__.c[name].type)
     for name in (
