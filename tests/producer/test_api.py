@@ -126,7 +126,10 @@ def test_cancel_stops_a_batch_and_retry_runs_the_rest(pipeline: Pipeline) -> Non
         assert final["status"] == "cancelled"
         assert final["counts"]["cancelled"] == cancelled.cancelled
         retried = h.retry(cancelled=True)
-        assert retried.revived == cancelled.cancelled and retried.published > 0
+        # The retry publishes what fits now; a queue still holding the cancelled records'
+        # messages, or a worker's feeder holding the lock, leaves the rest to the feeders.
+        assert retried.revived == cancelled.cancelled
+        assert 0 <= retried.published <= retried.revived
         final = h.wait(progress=False, timeout=WAIT)
     assert final["counts"]["succeeded"] == 1500
 

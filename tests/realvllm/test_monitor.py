@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(2400)]
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV = "vllm:kv_cache_usage_perc"
+SAMPLE_EVERY = 0.2
 
 
 def live(fleet: RealFleet) -> dict[str, dict[str, object]]:
@@ -85,12 +86,13 @@ def test_vllm_live_agrees_with_a_busy_servers_raw_metrics(
 ) -> None:
     wait_for(lambda: scrape(load)[RUNNING] >= 2, timeout=120, what="requests running")
     # The gauges move while the scan runs: sample the raw metrics all along and check that
-    # what vfleet stored lies within what the server showed meanwhile.
+    # what vfleet stored lies within what the server showed meanwhile. Paced: a busy CPU
+    # server has little time for its API, and scrapes back to back would starve the scan.
     samples: list[dict[str, float]] = [scrape(load)]
     stop = threading.Event()
 
     def sample() -> None:
-        while not stop.is_set():
+        while not stop.wait(SAMPLE_EVERY):
             samples.append(scrape(load))
 
     sampler = threading.Thread(target=sample, daemon=True)
