@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,10 +23,11 @@ class RedisServerError(OpsError):
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A TCP port nothing listens on right now, outside the ephemeral range where it can
+    (:func:`ops.sim.launcher.port_range`)."""
+    from ops.sim.launcher import free_ports
+
+    return free_ports(1, host)[0]
 
 
 def redis_server_binary() -> str | None:

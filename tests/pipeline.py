@@ -102,13 +102,17 @@ class Pipeline:
     # -- lifecycle -----------------------------------------------------------------------
 
     def __enter__(self) -> Pipeline:
-        for n in range(len(self.ports)):
-            self.start_sim(n)
-        write_fleet(self.tmp / "fleet.toml", self.instances)
-        self._ledger = open_ledger(self.settings)
-        for inst in self.instances:
-            self.start_worker(inst.name)
-        self.wait_workers(len(self.instances))
+        try:
+            for n in range(len(self.ports)):
+                self.start_sim(n)
+            write_fleet(self.tmp / "fleet.toml", self.instances)
+            self._ledger = open_ledger(self.settings)
+            for inst in self.instances:
+                self.start_worker(inst.name)
+            self.wait_workers(len(self.instances))
+        except BaseException:
+            self.__exit__(None, None, None)  # what started must stop, even half a fleet
+            raise
         return self
 
     def __exit__(

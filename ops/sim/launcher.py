@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import http.client
 import random
 import signal
 import socket
@@ -29,6 +30,7 @@ DEFAULT_STARTUP_TIMEOUT = 20.0
 DEFAULT_STOP_TIMEOUT = 10.0
 _POLL_INTERVAL = 0.05
 _PORT_RANGE = (20000, 60000)
+_EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 _PORT_ATTEMPTS = 200
 _TAIL_CHARS = 2000
 
@@ -42,15 +44,31 @@ def _port_is_free(port: int, host: str) -> bool:
     return True
 
 
+def port_range() -> tuple[int, int]:
+    """Where to pick server ports: below the kernel's ephemeral range when there is room.
+
+    A port in that range can be handed to an outgoing connection as its source port while
+    the server is still starting, and a probe of a port nobody listens on yet can even
+    connect to itself (TCP simultaneous open: it reads back its own ``GET /health``)."""
+    try:
+        low = int(_EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return _PORT_RANGE
+    if low - _PORT_RANGE[0] >= 1000:
+        return (_PORT_RANGE[0], low)
+    return _PORT_RANGE
+
+
 def free_ports(n: int, host: str = DEFAULT_HOST) -> list[int]:
-    """``n`` consecutive TCP ports free on ``host`` right now.
+    """``n`` consecutive TCP ports free on ``host`` right now (see :func:`port_range`).
 
     Raises:
         SimStartError: no such run of ports found.
     """
     rng = random.Random()
+    lo, hi = port_range()
     for _ in range(_PORT_ATTEMPTS):
-        first = rng.randrange(_PORT_RANGE[0], _PORT_RANGE[1] - n)
+        first = rng.randrange(lo, hi - n)
         ports = list(range(first, first + n))
         if all(_port_is_free(port, host) for port in ports):
             return ports
@@ -65,7 +83,7 @@ def _health(url: str) -> int | None:
             return status
     except urllib.error.HTTPError as e:
         return e.code
-    except OSError:
+    except (OSError, http.client.HTTPException):  # e.g. BadStatusLine: not a server yet
         return None
 
 
