@@ -83,3 +83,14 @@ def live_messages(client: redis.Redis, queues: Iterable[str]) -> dict[int, float
 
 def queue_length(client: redis.Redis, queue: str) -> int:
     return int(client.llen(queue))  # type: ignore[arg-type]
+
+
+def queue_lengths(client: redis.Redis, queues: Iterable[str]) -> dict[str, int]:
+    """The length of each of ``queues``, in one round trip."""
+    names = sorted(set(queues))
+    if not names:
+        return {}
+    pipe = client.pipeline(transaction=False)
+    for name in names:
+        pipe.llen(name)
+    return {name: int(n) for name, n in zip(names, pipe.execute(), strict=True)}

@@ -22,7 +22,7 @@ from collections.abc import Set as AbstractSet
 
 import redis
 
-from workers.broker import live_messages, queue_length
+from workers.broker import live_messages, queue_length, queue_lengths
 from workers.dispatch import Dispatcher, chunk_size, live_targets
 from workers.fleet import Fleet
 from workers.health import is_down
@@ -33,7 +33,7 @@ from workers.queues import instance_queue, shared_queue
 from workers.routes import Route
 from workers.settings import Settings
 from workers.store.ledger import Ledger
-from workers.store.models import utcnow
+from workers.store.models import CLAIMABLE, Status, utcnow
 from workers.store.values import BatchInfo
 
 logger = logging.getLogger(__name__)
@@ -99,15 +99,19 @@ class Feeder:
             return self._feed() if mine else 0
 
     def _feed(self) -> int:
+        batches = self.ledger.active_batches(holding=CLAIMABLE, unpublished=True)
+        if not batches:
+            return 0  # nothing waits to be published: the round costs one query
+        down = self.down_instances()
+        routed = [(batch, self.queues_of(batch, down)) for batch in batches]
+        lengths = queue_lengths(self.redis, {q for _, queues in routed for q in queues})
         room: dict[str, int] = {}
         published = 0
-        down = self.down_instances()
-        for batch in self.ledger.active_batches():
-            queues = self.queues_of(batch, down)
+        for batch, queues in routed:
             chunk = self.chunk(batch)
             for queue, window in queues.items():
                 if queue not in room:  # in records: each waiting message holds up to a chunk
-                    room[queue] = max(0, window - queue_length(self.redis, queue) * chunk)
+                    room[queue] = max(0, window - lengths[queue] * chunk)
             free = sum(room[q] for q in queues)
             if free <= 0:
                 continue
@@ -148,11 +152,16 @@ class Feeder:
             return self._hedge() if mine else 0
 
     def _hedge(self) -> int:
+        batches = [
+            b
+            for b in self.ledger.active_batches(holding=(Status.RUNNING,))
+            if b.route == Route.SHARED
+        ]
+        if not batches:
+            return 0
         down = self.down_instances()
         total = 0
-        for batch in self.ledger.active_batches():
-            if batch.route != Route.SHARED:
-                continue
+        for batch in batches:
             queue = shared_queue(batch.model)
             if queue_length(self.redis, queue) or self.ledger.waiting(batch.id):
                 continue  # records still wait for a slot: no tail yet

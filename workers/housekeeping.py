@@ -1,8 +1,10 @@
 """A background thread in every instance worker: gate, leases, feeding, hedging, reconciling.
 
-Every job here is cheap and idempotent, and the shared ones (feed, reconcile) run under a
-Redis lock, so any number of workers may run them: the fleet keeps itself fed with no
-extra process, and beat's ``vfleet.reconcile`` is a second line of defence.
+Every job here is cheap and idempotent, and the shared ones (feed, hedge, reconcile) run
+under a Redis lock, so any number of workers may run them: the fleet keeps itself fed with
+no extra process, and beat's ``vfleet.reconcile`` is a second line of defence. Only the
+worker whose turn it is (:class:`workers.locks.Turn`) runs the shared ones, so the fleet
+makes one round per interval however many workers it has.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from redis.exceptions import RedisError
 
 from workers.feeder import Feeder
 from workers.health import HealthGate
-from workers.keys import health_key
+from workers.keys import FEED_TURN, RECONCILE_TURN, health_key
+from workers.locks import Turn, process_token
 from workers.runtime import WorkerRuntime
 
 logger = logging.getLogger(__name__)
@@ -28,6 +31,8 @@ HEDGE_INTERVAL = 1.0
 BUSY_FEED_INTERVAL = 0.05
 """How soon the feed runs again after a round that published: a fast fleet drains its
 window in well under ``VFLEET_FEED_INTERVAL``, and must not wait for the next tick."""
+TURN_HOLD_INTERVALS = 2
+"""A shared job's turn lasts this many of its intervals past its holder's last round."""
 REDIS_DOWN_LOG_EVERY = 30.0
 """While Redis is away, each job says so once per this many seconds, in one line."""
 
@@ -40,6 +45,8 @@ class _Job:
     due: float = 0.0
     busy_interval: float | None = None
     """If set: the next run this soon when the last one returned a true value."""
+    turn: Turn | None = None
+    """A fleet-wide job: it runs only while this worker has the turn."""
     redis_down_since: float | None = None
     said_at: float = 0.0
 
@@ -60,19 +67,31 @@ class Housekeeper(threading.Thread):
         self.redis = redis_client
         self._stop_event = threading.Event()
         s = runtime.settings
+        token = process_token()
+        feed_turn = self._turn(FEED_TURN, token, s.feed_interval)
         self.jobs = [
             _Job("leases", s.lease_seconds / 4, runtime.renew_leases),
-            _Job("feed", s.feed_interval, feeder.feed, busy_interval=BUSY_FEED_INTERVAL),
-            _Job("hedge", max(HEDGE_INTERVAL, s.feed_interval), feeder.hedge),
+            _Job(
+                "feed",
+                s.feed_interval,
+                feeder.feed,
+                busy_interval=BUSY_FEED_INTERVAL,
+                turn=feed_turn,
+            ),
+            _Job("hedge", max(HEDGE_INTERVAL, s.feed_interval), feeder.hedge, turn=feed_turn),
             _Job(
                 "reconcile",
                 s.reconcile_interval,
                 feeder.reconcile,
                 due=time.monotonic() + s.reconcile_interval,
+                turn=self._turn(RECONCILE_TURN, token, s.reconcile_interval),
             ),
         ]
         if runtime.gate is not None:
             self.jobs.insert(0, _Job("health", s.health_interval, self.check_health))
+
+    def _turn(self, name: str, token: str, interval: float) -> Turn:
+        return Turn(self.redis, name, token=token, hold=interval * TURN_HOLD_INTERVALS)
 
     def check_health(self) -> None:
         """Probe the instance and publish the gate's state (a flip is the gate listeners'
@@ -105,7 +124,8 @@ class Housekeeper(threading.Thread):
 
     def _run(self, job: _Job, now: float) -> None:
         try:
-            result = job.run()
+            # Another worker's turn: its round serves the fleet, this one has nothing to do.
+            result = job.run() if job.turn is None or job.turn.take() else None
         except RedisError as e:  # the broker is away: expected, said in one line now and then
             if job.redis_down_since is None:
                 job.redis_down_since = now

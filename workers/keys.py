@@ -6,6 +6,9 @@ PREFIX = "vfleet:"
 HEALTH_PREFIX = f"{PREFIX}health:"
 FEED_LOCK = f"{PREFIX}lock:feed"
 RECONCILE_LOCK = f"{PREFIX}lock:reconcile"
+# Which worker's housekeeper runs the fleet-wide jobs (workers.locks.Turn).
+FEED_TURN = f"{PREFIX}turn:feed"
+RECONCILE_TURN = f"{PREFIX}turn:reconcile"
 BEAT_LOCK = f"{PREFIX}lock:beat"
 # kombu's Redis transport keeps fetched-but-unacked messages in this hash.
 KOMBU_UNACKED = "unacked"

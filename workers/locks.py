@@ -1,4 +1,5 @@
-"""The Redis lock that lets many workers share the feeder's rounds: one does the work.
+"""The Redis lock that lets many workers share the feeder's rounds: one does the work; and
+the turn that makes those rounds once per interval for the fleet, not once per worker.
 
 It is redis-py's :class:`redis.lock.Lock` with one change: a process takes its lock with a
 token of its own that stays the same for its life, and an acquire that finds the key
@@ -68,3 +69,29 @@ class RoundLock(Lock):
         if self.held:
             self.held = False
             self.release()
+
+
+class Turn:
+    """Whose turn it is to run a fleet-wide periodic job (feeding, hedging, reconciling).
+
+    Every worker's housekeeper runs these jobs on its own timer, but the fleet needs one
+    round per interval, not one per worker: with N workers, N rounds of Redis and SQL reads
+    per interval did one round's work, and idle workers paid for it all along (a
+    round-robin batch whose fast instances were done spent most of its CPU there). The
+    worker that takes the turn keeps it while it keeps running rounds, each :meth:`take`
+    renewing it for ``hold`` seconds; the others skip with one Redis call, and one of them
+    takes over within ``hold`` seconds when the holder stops or dies. Same script and the
+    same stable token as :class:`RoundLock`, so a take that a paused Redis ran late is not
+    lost to its sender.
+    """
+
+    def __init__(self, client: redis.Redis, name: str, *, token: str, hold: float) -> None:
+        self.name = name
+        self.token = token
+        self.hold_ms = max(1, int(hold * 1000))
+        self._script: Any = client.register_script(_ACQUIRE)
+
+    def take(self) -> bool:
+        """True when the turn is this token's (taken now or renewed); raises
+        :class:`redis.RedisError` when Redis cannot be reached."""
+        return bool(self._script(keys=[self.name], args=[self.token, self.hold_ms]))

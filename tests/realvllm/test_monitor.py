@@ -19,6 +19,8 @@ pytestmark = [pytest.mark.realvllm, pytest.mark.timeout(2400)]
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV = "vllm:kv_cache_usage_perc"
+LOAD_EXTRA = 2
+"""The busy load keeps this many requests beyond max-num-seqs in flight (they wait)."""
 
 
 def live(fleet: RealFleet) -> dict[str, dict[str, object]]:
@@ -33,21 +35,19 @@ def load(vllm_servers: list[VLLMServer]) -> Iterator[VLLMServer]:
     again as each ends until the test is over: the server's /metrics answers slowly under
     load, and a load of fixed size could be over before a scrape saw it."""
     server = vllm_servers[0]
-    body = {
-        "model": MODEL_NAME,
-        "messages": [{"role": "user", "content": "Write."}],
-        "max_tokens": 300,  # short, so the threads stop soon after the test ends
-    }
+    body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": "Write."}]}
     # One client made here, shared by the threads: no client (and TLS context) per thread.
     limits = httpx2.Limits(max_connections=4 * MAX_NUM_SEQS)
     client = httpx2.Client(base_url=server.base_url, timeout=300, limits=limits)
     errors: list[BaseException] = []
     ended = threading.Event()
 
-    def ask() -> None:
+    def ask(max_tokens: int) -> None:
         while not ended.is_set():
             try:
-                client.post("/chat/completions", json=body).raise_for_status()
+                client.post(
+                    "/chat/completions", json={**body, "max_tokens": max_tokens}
+                ).raise_for_status()
             except httpx2.RemoteProtocolError:
                 continue  # a kept-alive connection the server had just closed: send again
             except Exception as e:  # reported by the test, not lost in a thread
@@ -55,7 +55,12 @@ def load(vllm_servers: list[VLLMServer]) -> Iterator[VLLMServer]:
                     errors.append(e)
                 return
 
-    threads = [threading.Thread(target=ask, daemon=True) for _ in range(MAX_NUM_SEQS + 2)]
+    # Short answers, so the threads stop soon after the test ends; each of its own length,
+    # so requests admitted together do not all end at the same step.
+    threads = [
+        threading.Thread(target=ask, args=(150 + 17 * i,), daemon=True)
+        for i in range(MAX_NUM_SEQS + LOAD_EXTRA)
+    ]
     for t in threads:
         t.start()
     yield server
@@ -104,13 +109,25 @@ def test_vllm_live_agrees_with_a_busy_servers_raw_metrics(
         sampler.join(30)
     samples.append(scrape(load))
     assert max(s[RUNNING] for s in samples) >= 2  # the server was busy throughout
-    for name, key in ((RUNNING, "running"), (WAITING, "waiting"), (KV, "kv_cache_usage")):
+    running, waiting, kv = row["running"], row["waiting"], row["kv_cache_usage"]
+    assert isinstance(running, float | int) and isinstance(waiting, float | int)
+    assert isinstance(kv, float | int)
+
+    def spread(name: str) -> tuple[float, float, float]:
         seen = [s[name] for s in samples]
         step = max(abs(b - a) for a, b in itertools.pairwise(seen)) + 1e-9
-        value = row[key]
-        assert isinstance(value, float | int), (key, value)
-        assert min(seen) - step <= value <= max(seen) + step, (key, value, step, seen)
-        assert value >= 0 and (key != "kv_cache_usage" or value <= 1), (key, value)
+        return min(seen), max(seen), step
+
+    # A read can also fall on the step boundary where requests that just ended are gone and
+    # the waiting ones are not scheduled yet, which a sampler may never see (seen in CI:
+    # every sample running 8, vfleet's read 7). Several requests can end at one step,
+    # so the counts and the KV usage may dip below every sample, by up to half the slots for
+    # the running count; never above what the server showed, and never to idle.
+    low, high, step = spread(RUNNING)
+    assert max(1, low - step - MAX_NUM_SEQS // 2) <= running <= high + step, (low, high, row)
+    assert 0 <= waiting <= LOAD_EXTRA, row  # the load's extra requests, at most
+    low, high, step = spread(KV)
+    assert 0 < kv <= min(1.0, high + step), (low, high, row)  # running requests hold blocks
 
 
 def test_discover_finds_both_servers(real_fleet: RealFleet, vllm_servers: list[VLLMServer]) -> None:

@@ -1,4 +1,5 @@
-"""The feeder's round lock against a real Redis, including one that stalls mid-request."""
+"""The feeder's round lock and the shared jobs' turn against a real Redis, including one that
+stalls mid-request."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import redis
 
 from ops.redis_server import RedisServer
 from tests.services import start_redis, wait_for
-from workers.locks import RoundLock
+from workers.locks import RoundLock, Turn
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -59,3 +60,27 @@ def test_a_lock_request_that_ran_after_its_sender_gave_up_is_not_orphaned(
     assert patient.get("vfleet:lock:feed") is None
     impatient.close()
     patient.close()
+
+
+def test_a_turn_stays_with_the_worker_that_runs_rounds_and_passes_on_when_it_stops(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    name = "vfleet:turn:test"
+    client.delete(name)
+    mine = Turn(client, name, token="a", hold=60)
+    theirs = Turn(client, name, token="b", hold=60)
+    try:
+        assert mine.take()
+        assert not theirs.take()  # another worker skips its round
+        assert mine.take()  # the holder's next round renews it
+        assert not theirs.take()
+        assert client.get(name) == b"a"
+        # The holder's last round, then nothing: the turn lapses and the next one takes it.
+        assert Turn(client, name, token="a", hold=0.2).take()
+        wait_for(theirs.take, timeout=30, what="the turn to pass to the other worker")
+        assert not mine.take()
+        assert client.get(name) == b"b"
+    finally:
+        client.delete(name)
+        client.close()

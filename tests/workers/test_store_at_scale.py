@@ -1,5 +1,5 @@
-"""The ledger's reads that must not grow with a batch: export's pages, status's tally, and
-the migration that gives an existing ledger their indexes."""
+"""The ledger's reads that must not grow with a batch: export's pages, status's tally, the
+feeder's choice of batches, and the migration that gives an existing ledger their indexes."""
 
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ from sqlalchemy import inspect, select, tuple_
 
 from tests.records import add_records
 from workers.store import summary
+from workers.store.batches import active_batches_query
 from workers.store.engine import make_engine
 from workers.store.ledger import Ledger
 from workers.store.migrate import current_revision, head_revision, upgrade
-from workers.store.models import Record
+from workers.store.models import CLAIMABLE, Record, Status
 from workers.store.queries import iter_records, record_pages
 from workers.store.values import Outcome
 
@@ -77,6 +78,43 @@ def test_an_export_page_is_one_index_range_not_a_scan(sqlite_url: str) -> None:
     engine.dispose()
     assert "ix_records_batch_seq" in plan
     assert "TEMP B-TREE" not in plan
+
+
+def test_the_feeder_reads_only_batches_with_work_of_its_kind(ledger: Ledger) -> None:
+    done, waiting, running = (
+        ledger.create_batch(name=n, spec_name="judge", spec={}, model="m", route="shared")[0].id
+        for n in ("done", "waiting", "running")
+    )
+    for batch in (done, waiting, running):
+        add_records(ledger, batch, ((f"k{i}", i, {"i": i}) for i in range(3)))
+    for batch in (done, running):
+        ids = ledger.unpublished(batch, limit=3)
+        ledger.mark_published(ids)
+        claims = ledger.claim_many(ids, worker="w", instance="i", task_id="t", lease_seconds=60)
+        for c in claims[: 3 if batch == done else 2]:
+            assert ledger.succeed(c, Outcome("ok", {"s": 1}, 10, 3, 5.0, finish_reason="stop"))
+
+    def names(**kw: object) -> list[str]:
+        return [b.name for b in ledger.active_batches(**kw)]  # type: ignore[arg-type]
+
+    assert names() == ["done", "waiting", "running"]
+    assert names(holding=CLAIMABLE, unpublished=True) == ["waiting"]
+    assert names(holding=(Status.RUNNING,)) == ["running"]
+    ledger.mark_published(ledger.unpublished(waiting, limit=3))
+    assert names(holding=CLAIMABLE, unpublished=True) == []
+    assert names(holding=CLAIMABLE) == ["waiting"]
+
+
+def test_the_feeders_choice_of_batches_is_one_index_seek_per_batch(sqlite_url: str) -> None:
+    engine = make_engine(sqlite_url)
+    upgrade(engine)
+    q = active_batches_query(holding=CLAIMABLE, unpublished=True)
+    sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
+    with engine.connect() as conn:
+        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
+    engine.dispose()
+    assert "SEARCH records USING INDEX ix_records_batch_status" in plan
+    assert "SCAN records" not in plan
 
 
 def test_the_tally_agrees_with_the_separate_counts(ledger: Ledger) -> None:
