@@ -125,8 +125,11 @@ def test_interrupted_run_resumes_with_the_same_command_and_runs_each_record_once
     out = fleet.tmp / "long.results.jsonl"
     argv = fleet.argv("run", str(src), "--key", "id", "-o", str(out))
     log_dir = ["--log-dir", str(fleet.tmp / "logs-long")]
+    # As a terminal's Ctrl-C finds it: a test run started in the background by a shell
+    # without job control inherits SIGINT ignored, and Python then leaves it ignored (the
+    # run would go on to the end). GNU env puts the default back before exec.
     proc = subprocess.Popen(
-        [*argv, *log_dir],
+        ["env", "--default-signal=INT", *argv, *log_dir],
         env=fleet.env,
         cwd=ROOT,
         stdout=subprocess.PIPE,
