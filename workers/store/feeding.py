@@ -6,10 +6,41 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, or_, select, update
+from sqlalchemy import Engine, and_, bindparam, or_, select, update
 
 from workers.store.models import CLAIMABLE, Record, Status, utcnow
 from workers.store.queries import aware
+
+# A feed round's statements, built once with bind parameters: SQLAlchemy compiles each
+# once, where a statement built per call pays for its construction and cache-key walk on
+# every round (most of a round's CPU).
+_DUE_RETRIES = (
+    select(Record.id)
+    .where(
+        Record.batch_id == bindparam("b_batch"),
+        Record.status == Status.RETRY,
+        Record.published_at.is_(None),
+        Record.not_before <= bindparam("b_now"),
+    )
+    .order_by(Record.not_before)
+    .limit(bindparam("b_limit"))
+)
+_DUE_QUEUED = (
+    select(Record.id)
+    .where(
+        Record.batch_id == bindparam("b_batch"),
+        Record.status == Status.QUEUED,
+        Record.published_at.is_(None),
+        or_(Record.not_before.is_(None), Record.not_before <= bindparam("b_now")),
+    )
+    .order_by(Record.seq)
+    .limit(bindparam("b_limit"))
+)
+_MARK_PUBLISHED = (
+    update(Record)
+    .where(Record.id.in_(bindparam("b_ids", expanding=True)))
+    .values(published_at=bindparam("b_when", type_=Record.__table__.c.published_at.type))
+)
 
 
 class FeedingStore:
@@ -52,34 +83,12 @@ class FeedingStore:
         whose ``not_before`` has passed (longest waiting first), then queued records in
         input order. Each query walks one index (``ix_records_batch_retry`` and
         ``ix_records_batch_status``), so a batch of millions reads only ``limit`` rows."""
-        now = now or utcnow()
-        due_now = or_(Record.not_before.is_(None), Record.not_before <= now)
-        retries = (
-            select(Record.id)
-            .where(
-                Record.batch_id == batch_id,
-                Record.status == Status.RETRY,
-                Record.published_at.is_(None),
-                Record.not_before <= now,
-            )
-            .order_by(Record.not_before)
-            .limit(limit)
-        )
+        params = {"b_batch": batch_id, "b_now": now or utcnow(), "b_limit": limit}
         with self.engine.connect() as conn:
-            ids = [int(i) for i in conn.scalars(retries)]
+            ids = [int(i) for i in conn.scalars(_DUE_RETRIES, params)]
             if len(ids) < limit:
-                queued = (
-                    select(Record.id)
-                    .where(
-                        Record.batch_id == batch_id,
-                        Record.status == Status.QUEUED,
-                        Record.published_at.is_(None),
-                        due_now,
-                    )
-                    .order_by(Record.seq)
-                    .limit(limit - len(ids))
-                )
-                ids += [int(i) for i in conn.scalars(queued)]
+                params["b_limit"] = limit - len(ids)
+                ids += [int(i) for i in conn.scalars(_DUE_QUEUED, params)]
         return ids
 
     def mark_published(self, ids: Sequence[int], *, published: bool = True) -> None:
@@ -87,9 +96,9 @@ class FeedingStore:
         a publish that failed)."""
         if not ids:
             return
-        when = utcnow() if published else None
+        params = {"b_ids": list(ids), "b_when": utcnow() if published else None}
         with self.engine.begin() as conn:
-            conn.execute(update(Record).where(Record.id.in_(ids)).values(published_at=when))
+            conn.execute(_MARK_PUBLISHED, params)
 
     def stale(
         self, *, grace_seconds: float, limit: int, now: datetime | None = None
