@@ -56,14 +56,15 @@ def live_targets(batch: BatchInfo, down: AbstractSet[str]) -> list[str]:
     return [t for t in batch.targets if t not in down]
 
 
-CHUNKS_PER_INSTANCE = 4
+CHUNKS_PER_INSTANCE = 2
 """A message carries about this fraction of an instance's concurrency: enough records to
-spread the per-message cost (claim, events, ack, commit) thin, few enough that a worker
-holds little more than it runs."""
+spread the per-message cost (claim, events, ack, commit, the feeder's publish) thin, few
+enough that a worker holds little more than it runs. On 32-slot instances halves cost
+about a tenth less CPU per record than quarters, at the same rate (docs/BENCHMARKS.md)."""
 
 
 def chunk_size(fleet: Fleet, model: str, chunk_max: int) -> int:
-    """Records per message for ``model``: a quarter of the smallest concurrency among the
+    """Records per message for ``model``: half the smallest concurrency among the
     instances serving it, at least 1 and at most ``chunk_max``. Feeder and workers agree on
     it (a worker runs ``ceil(concurrency / chunk) + 1`` messages at once)."""
     serving = [i.concurrency for i in fleet.instances if i.model == model]

@@ -40,7 +40,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_RECONCILE_LIMIT = 5000
 HEDGE_SAMPLE = 500
-"""Latest results per batch whose latencies give the instances' medians."""
+"""Latest results per batch, by finish time, whose latencies give the instances' medians."""
 HEDGED_TTL = 86_400
 
 

@@ -33,7 +33,7 @@ VARIANTS = (
     (
         VFLEET_SHARED,
         "this tree as shipped: the aiohttp engine plus messages of a chunk of records "
-        "(max-num-seqs / 4, at most 32), claimed in one UPDATE, stored in one transaction",
+        "(max-num-seqs / 2, at most 32), claimed in one UPDATE, stored in one transaction",
     ),
 )
 

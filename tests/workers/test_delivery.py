@@ -88,16 +88,17 @@ def test_redis_holds_only_a_window_and_is_topped_up_as_it_drains(
     f, ledger, client = feeder
     batch_id = _batch(ledger, 20_000)
     chunk = f.chunk(ledger.batch_by_id(batch_id))
-    assert chunk == 6  # a quarter of the smallest concurrency (25)
+    assert chunk == 12  # half the smallest concurrency (25)
     window = 2 * 50  # window_factor x the fleet's concurrency for the model, in records
     assert f.feed() == window
     assert _records_in(client) == window and client.llen(QUEUE) == -(-window // chunk)
     assert f.feed() == 0  # full: nothing more goes in
     for _ in range(5):
-        client.rpop(QUEUE)  # a worker takes 5 messages: 30 records
+        client.rpop(QUEUE)  # a worker takes the 5 oldest messages, each a full chunk
+    taken = 5 * chunk
     refill = f.feed()
     # The queue's last message may be a short one, and counts as a whole chunk.
-    assert 30 - chunk < refill <= 30
+    assert taken - chunk < refill <= taken
     assert window - chunk < _records_in(client) <= window
     assert len(ledger.unpublished(batch_id, limit=100_000)) == 20_000 - window - refill
 
@@ -135,7 +136,7 @@ def test_enqueue_of_many_records_keeps_redis_bounded(
     client = redis.Redis.from_url(redis_url)
     try:
         assert _records_in(client) == 64  # 2 x 32, not 30,000
-        assert client.llen(QUEUE) == 8  # in messages of 8 (a quarter of 32)
+        assert client.llen(QUEUE) == 4  # in messages of 16 (half of 32)
     finally:
         client.close()
 

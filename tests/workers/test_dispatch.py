@@ -28,9 +28,9 @@ def _fleet(*concurrency: int, model: str = "m") -> Fleet:
 
 @pytest.mark.parametrize(
     ("concurrency", "chunk_max", "expected"),
-    [((32, 32), 32, 8), ((128,), 32, 32), ((128,), 8, 8), ((4, 64), 32, 1), ((16, 3), 32, 1)],
+    [((32, 32), 32, 16), ((128,), 32, 32), ((128,), 8, 8), ((4, 64), 32, 2), ((16, 3), 32, 1)],
 )
-def test_a_message_carries_a_quarter_of_the_smallest_concurrency(
+def test_a_message_carries_half_the_smallest_concurrency(
     concurrency: tuple[int, ...], chunk_max: int, expected: int
 ) -> None:
     assert chunk_size(_fleet(*concurrency), "m", chunk_max) == expected

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from sqlalchemy import inspect, select, tuple_
+from sqlalchemy import Executable, inspect, select, tuple_, update
 
 from tests.records import add_records
 from workers.store import summary
 from workers.store.batches import active_batches_query
 from workers.store.engine import make_engine
+from workers.store.feeding import recent_latencies_query
 from workers.store.ledger import Ledger
 from workers.store.migrate import current_revision, head_revision, upgrade
 from workers.store.models import CLAIMABLE, Record, Status
@@ -64,18 +65,13 @@ def test_export_pages_are_bounded_and_keep_input_order_across_files(ledger: Ledg
 def test_an_export_page_is_one_index_range_not_a_scan(sqlite_url: str) -> None:
     """Each page starts where the last ended along ``ix_records_batch_seq``: no page reads
     or sorts the whole batch (what made exporting 10^5 records take minutes)."""
-    engine = make_engine(sqlite_url)
-    upgrade(engine)
     q = (
         select(Record)
         .where(Record.batch_id == 1, tuple_(Record.seq, Record.id) > tuple_(10, 10))
         .order_by(Record.seq, Record.id)
         .limit(1000)
     )
-    sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
-    with engine.connect() as conn:
-        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, q)
     assert "ix_records_batch_seq" in plan
     assert "TEMP B-TREE" not in plan
 
@@ -106,15 +102,54 @@ def test_the_feeder_reads_only_batches_with_work_of_its_kind(ledger: Ledger) -> 
 
 
 def test_the_feeders_choice_of_batches_is_one_index_seek_per_batch(sqlite_url: str) -> None:
-    engine = make_engine(sqlite_url)
-    upgrade(engine)
-    q = active_batches_query(holding=CLAIMABLE, unpublished=True)
-    sql = str(q.compile(engine, compile_kwargs={"literal_binds": True}))
-    with engine.connect() as conn:
-        plan = " ".join(str(row[-1]) for row in conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}"))
-    engine.dispose()
+    plan = _sqlite_plan(sqlite_url, active_batches_query(holding=CLAIMABLE, unpublished=True))
     assert "SEARCH records USING INDEX ix_records_batch_status" in plan
     assert "SCAN records" not in plan
+
+
+def test_the_hedgers_latency_sample_follows_finish_time(ledger: Ledger) -> None:
+    """A slow instance's results belong to records published first: a sample in publish
+    order would leave them out, and its tail would never be hedged."""
+    batch = _batch(ledger)
+    add_records(ledger, batch, ((f"k{i}", i, {"i": i}) for i in range(6)))
+    ids = ledger.unpublished(batch, limit=6)
+    ledger.mark_published(ids)
+    slow, fast = ids[:2], ids[2:]  # the slow instance took the first published
+    claims = {
+        c.record_id: c
+        for c in ledger.claim_many(ids, worker="w", instance="i", task_id="t", lease_seconds=60)
+    }
+    for rid in fast + slow:  # the slow instance finishes last
+        instance, ms = ("slow", 4000.0) if rid in slow else ("fast", 100.0)
+        outcome = Outcome("ok", {}, 1, 1, ms, provenance={"instance": instance})
+        assert ledger.succeed(claims[rid], outcome)
+    with ledger.engine.begin() as conn:  # the instance column, as a worker's claim sets it
+        for rid in ids:
+            name = "slow" if rid in slow else "fast"
+            conn.execute(update(Record).where(Record.id == rid).values(instance=name))
+    assert ledger.recent_latencies(batch, limit=2) == [("slow", 4.0), ("slow", 4.0)]
+    assert (
+        sorted(ledger.recent_latencies(batch, limit=6)) == [("fast", 0.1)] * 4 + [("slow", 4.0)] * 2
+    )
+
+
+def test_the_hedgers_latency_sample_is_one_index_range(sqlite_url: str) -> None:
+    plan = _sqlite_plan(sqlite_url, recent_latencies_query().params(b_batch=1, b_limit=500))
+    assert "SEARCH records USING INDEX ix_records_batch_finished" in plan
+    assert "TEMP B-TREE" not in plan
+
+
+def _sqlite_plan(url: str, query: Executable) -> str:
+    """SQLite's ``EXPLAIN QUERY PLAN`` of ``query`` on a fresh ledger, in one line."""
+    engine = make_engine(url)
+    upgrade(engine)
+    try:
+        sql = str(query.compile(engine, compile_kwargs={"literal_binds": True}))
+        with engine.connect() as conn:
+            rows = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {sql}")
+            return " ".join(str(row[-1]) for row in rows)
+    finally:
+        engine.dispose()
 
 
 def test_the_tally_agrees_with_the_separate_counts(ledger: Ledger) -> None:

@@ -3,10 +3,11 @@ due retries, records whose message may be lost, the running tail of a batch."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine, and_, bindparam, or_, select, update
+from sqlalchemy import Engine, Integer, Select, and_, bindparam, or_, select, update
 
 from workers.store.models import CLAIMABLE, Record, Status, utcnow
 from workers.store.queries import aware
@@ -23,7 +24,7 @@ _DUE_RETRIES = (
         Record.not_before <= bindparam("b_now"),
     )
     .order_by(Record.not_before)
-    .limit(bindparam("b_limit"))
+    .limit(bindparam("b_limit", type_=Integer))
 )
 _DUE_QUEUED = (
     select(Record.id)
@@ -34,7 +35,7 @@ _DUE_QUEUED = (
         or_(Record.not_before.is_(None), Record.not_before <= bindparam("b_now")),
     )
     .order_by(Record.seq)
-    .limit(bindparam("b_limit"))
+    .limit(bindparam("b_limit", type_=Integer))
 )
 _MARK_PUBLISHED = (
     update(Record)
@@ -140,24 +141,30 @@ class FeedingStore:
             ]
 
     def recent_latencies(self, batch_id: int, *, limit: int) -> list[tuple[str, float]]:
-        """``(instance, seconds)`` of the batch's latest published successful calls.
+        """``(instance, seconds)`` of the batch's latest successful calls, by finish time.
 
-        Ordered along ``ix_records_batch_status`` (batch, status, published_at, seq), so a
-        batch of millions reads only ``limit`` index entries."""
-        q = (
-            select(Record.instance, Record.latency_ms)
-            .where(
-                Record.batch_id == batch_id,
-                Record.status == Status.SUCCEEDED,
-                Record.reused_from.is_(None),
-                Record.latency_ms.is_not(None),
-            )
-            .order_by(Record.published_at.desc(), Record.seq.desc())
-            .limit(limit)
-        )
+        By finish time, not by publish order: a slow instance's results belong to records
+        published long before, and a sample in publish order can leave it out (then its
+        median is unknown and its tail is never hedged). Walks ``ix_records_batch_finished``
+        backwards, so a batch of millions reads about ``limit`` rows."""
         with self.engine.connect() as conn:
+            rows = conn.execute(recent_latencies_query(), {"b_batch": batch_id, "b_limit": limit})
             return [
-                (str(i), float(ms) / 1000)
-                for i, ms in conn.execute(q)
-                if i is not None and ms is not None
+                (str(i), float(ms) / 1000) for i, ms in rows if i is not None and ms is not None
             ]
+
+
+@functools.cache
+def recent_latencies_query() -> Select[str | None, float | None]:
+    """The hedger's sample: a batch's latest successful calls (``b_batch``, ``b_limit``)."""
+    return (
+        select(Record.instance, Record.latency_ms)
+        .where(
+            Record.batch_id == bindparam("b_batch"),
+            Record.status == Status.SUCCEEDED,
+            Record.reused_from.is_(None),
+            Record.latency_ms.is_not(None),
+        )
+        .order_by(Record.finished_at.desc())
+        .limit(bindparam("b_limit", type_=Integer))
+    )
