@@ -60,7 +60,7 @@ CHUNKS_PER_INSTANCE = 2
 """A message carries about this fraction of an instance's concurrency: enough records to
 spread the per-message cost (claim, events, ack, commit, the feeder's publish) thin, few
 enough that a worker holds little more than it runs. On 32-slot instances halves cost
-about a tenth less CPU per record than quarters, at the same rate (docs/BENCHMARKS.md)."""
+about an eighth less CPU per record than quarters, at the same rate (docs/BENCHMARKS.md)."""
 
 
 def chunk_size(fleet: Fleet, model: str, chunk_max: int) -> int:
