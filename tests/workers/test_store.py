@@ -81,6 +81,52 @@ def test_migrations_build_exactly_the_models_schema(database_url: str) -> None:
     assert diff == []
 
 
+def test_a_deleted_batch_id_is_never_given_to_a_new_batch(database_url: str) -> None:
+    """A worker caches a batch's spec by id for its life: a reused id would run the new
+    batch with the deleted batch's spec."""
+    engine = make_engine(database_url)
+    upgrade(engine)
+    worker_view, producer = Ledger(engine), Ledger(engine)
+    try:
+        first = _batch(producer, "first")
+        newest = _batch(producer, "newest")
+        assert worker_view.batch_by_id(newest.id).name == "newest"
+        producer.delete_batch(newest.id)
+        again, _ = producer.create_batch(
+            name="again", spec_name="judge", spec={"template": "z"}, model="m", route="shared"
+        )
+        assert again.id not in (first.id, newest.id)
+        assert worker_view.batch_by_id(again.id).spec == {"template": "z"}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_ledger_of_the_old_schema_keeps_its_records_through_the_upgrade(
+    sqlite_url: str,
+) -> None:
+    """The upgrade rebuilds ``batches``; with foreign keys on, dropping the old table would
+    have taken every record with it through the cascade."""
+    engine = make_engine(sqlite_url)
+    try:
+        upgrade(engine, "0004")
+        ledger = Ledger(engine)
+        kept, gone = _batch(ledger, "kept"), _batch(ledger, "gone")
+        add_records(ledger, kept.id, _rows(300))
+        add_records(ledger, gone.id, _rows(20))
+        upgrade(engine)
+        assert current_revision(engine) == head_revision()
+        assert ledger.counts(kept.id)["queued"] == 300
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            conn.exec_driver_sql(f"DELETE FROM batches WHERE id = {gone.id}")
+            conn.commit()
+        assert ledger.counts(gone.id)["queued"] == 0  # the cascade still reaches records
+        assert ledger.counts(kept.id)["queued"] == 300
+        assert _batch(ledger, "next").id > gone.id
+    finally:
+        engine.dispose()
+
+
 def test_sqlite_runs_in_wal_mode(sqlite_url: str) -> None:
     engine = make_engine(sqlite_url)
     with engine.connect() as conn:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
@@ -45,7 +47,7 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     """
     cfg = _config()
     try:
-        with engine.begin() as conn:
+        with engine.connect() as conn, _foreign_keys_off(conn), conn.begin():
             _lock(conn)
             if revision == "head" and _revision(conn) == head_revision():
                 return
@@ -53,6 +55,26 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
             command.upgrade(cfg, revision)
     except SQLAlchemyError as e:
         raise StoreError(f"migration failed: {e.__class__.__name__}: {e}".splitlines()[0]) from e
+
+
+@contextmanager
+def _foreign_keys_off(conn: Connection) -> Iterator[None]:
+    """SQLite: foreign keys off while the schema changes, as SQLite's own procedure for
+    rebuilding a table asks. A batch-mode migration drops a table and renames its copy in
+    its place; with foreign keys on, dropping ``batches`` would delete every record through
+    the cascade. The pragma only takes effect outside a transaction, hence here."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+    conn.commit()
+    try:
+        yield
+    finally:
+        if conn.in_transaction():
+            conn.rollback()
+        conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+        conn.commit()
 
 
 def ensure_schema(engine: Engine) -> None:
