@@ -76,7 +76,7 @@ class Batch(Base):
     __tablename__ = "batches"
     # SQLite would otherwise reuse the id of a deleted newest batch, and workers cache a
     # batch's spec by id.
-    __table_args__: ClassVar[dict[str, Any]] = {"sqlite_autoincrement": True}
+    __table_args__ = {"sqlite_autoincrement": True}  # noqa: RUF012 (read once, at mapping)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200), unique=True)
