@@ -4,9 +4,11 @@
   endpoints without one; refused connections and timeouts count as down), shared with the
   vLLM scan.
 * :class:`HealthGate` turns observations into an open or closed gate: its own probes and
-  failed calls (:meth:`HealthGate.report_failure`) alike. Every flip, whichever path caused
-  it, goes to the gate's listeners: the worker logs ``instance X is DOWN`` and stops
-  consuming its queues there (:mod:`workers.worker_main`).
+  failed calls (:meth:`HealthGate.report_failure`) alike. Answered calls
+  (:meth:`HealthGate.report_answer`) stand in for a probe while the gate is open: an
+  instance that just answered a completion is up, whatever ``/health`` would add. Every
+  flip, whichever path caused it, goes to the gate's listeners: the worker logs
+  ``instance X is DOWN`` and stops consuming its queues there (:mod:`workers.worker_main`).
 * The Redis health key (:func:`workers.keys.health_key`) is written by
   :func:`health_record` and read by :func:`read_health` / :func:`is_down`, whoever writes
   (the worker, the scan) and whoever reads (the feeder, the views).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -159,6 +162,7 @@ class HealthGate:
         self._down_detail = ""
         self.last = Probe(True, "not probed yet")
         self.changed_at = time.monotonic()
+        self._answered_at = -math.inf
 
     @property
     def healthy(self) -> bool:
@@ -221,6 +225,18 @@ class HealthGate:
     def step(self) -> bool | None:
         """Probe and observe; returns the new state if it changed."""
         return self.observe(self.probe())
+
+    def report_answer(self) -> None:
+        """A call to the instance was answered (a record's result came back)."""
+        self._answered_at = time.monotonic()
+
+    def step_unless_answered(self, within: float) -> bool | None:
+        """:meth:`step`, unless the gate is open and a call was answered in the last
+        ``within`` seconds: that answer is observed instead, and no probe is sent. A busy
+        worker's calls are fresher evidence than a probe, and cost nothing more."""
+        if self.healthy and time.monotonic() - self._answered_at < within:
+            return self.observe(Probe(True, "calls answered"))
+        return self.step()
 
     def report_failure(self, detail: str) -> bool | None:
         """A call to the instance failed as if it were down (refused, reset)."""

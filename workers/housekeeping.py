@@ -10,6 +10,7 @@ makes one round per interval however many workers it has.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -27,6 +28,8 @@ from workers.runtime import WorkerRuntime
 logger = logging.getLogger(__name__)
 
 HEALTH_TTL_INTERVALS = 5
+HEALTH_REFRESH_INTERVALS = 2
+"""An unchanged health key is written again after this many health intervals."""
 HEDGE_INTERVAL = 1.0
 BUSY_FEED_INTERVAL = 0.05
 """How soon the feed runs again after a round that published: a fast fleet drains its
@@ -66,6 +69,8 @@ class Housekeeper(threading.Thread):
         self.feeder = feeder
         self.redis = redis_client
         self._stop_event = threading.Event()
+        self._published_up: bool | None = None
+        self._published_at = -math.inf
         s = runtime.settings
         token = process_token()
         feed_turn = self._turn(FEED_TURN, token, s.feed_interval)
@@ -94,19 +99,29 @@ class Housekeeper(threading.Thread):
         return Turn(self.redis, name, token=token, hold=interval * TURN_HOLD_INTERVALS)
 
     def check_health(self) -> None:
-        """Probe the instance and publish the gate's state (a flip is the gate listeners'
-        business: :mod:`workers.worker_main` logs it and changes the queues consumed)."""
+        """Probe the instance (unless its calls are being answered) and refresh the health
+        key. A flip is the gate listeners' business: :mod:`workers.worker_main` logs it,
+        publishes it at once and changes the queues consumed."""
         gate = self.runtime.gate
         if gate is None:
             return
-        gate.step()
-        self.publish_health()
+        interval = self.runtime.settings.health_interval
+        gate.step_unless_answered(within=interval)
+        # The key lives HEALTH_TTL_INTERVALS intervals: writing it every other one keeps it
+        # alive, and a change of state is written as soon as it is seen.
+        if (
+            gate.healthy != self._published_up
+            or time.monotonic() - self._published_at >= interval * HEALTH_REFRESH_INTERVALS
+        ):
+            self.publish_health()
 
     def publish_health(self) -> None:
         """Write the gate's state to the instance's health key (for the feeder and views)."""
         gate = self.runtime.gate
         if gate is not None:
-            publish_gate(self.redis, self.runtime.instance.name, gate, self.health_ttl)
+            up = gate.healthy
+            if publish_gate(self.redis, self.runtime.instance.name, gate, self.health_ttl):
+                self._published_up, self._published_at = up, time.monotonic()
 
     @property
     def health_ttl(self) -> int:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 import uuid
 from typing import Any
 
@@ -31,6 +32,20 @@ if redis.call('get', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+
+_TAKE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return -1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  redis.call('pexpire', KEYS[1], ARGV[2])
+  return -1
+end
+local left = redis.call('pttl', KEYS[1])
+if left < 0 then return 0 end
+return left
+"""
+""":data:`_ACQUIRE` for :class:`Turn`: -1 when the turn is the caller's, else how many
+milliseconds the holder's turn has left."""
 
 
 def process_token() -> str:
@@ -89,9 +104,21 @@ class Turn:
         self.name = name
         self.token = token
         self.hold_ms = max(1, int(hold * 1000))
-        self._script: Any = client.register_script(_ACQUIRE)
+        self._script: Any = client.register_script(_TAKE)
+        self._others_until = 0.0
 
     def take(self) -> bool:
         """True when the turn is this token's (taken now or renewed); raises
-        :class:`redis.RedisError` when Redis cannot be reached."""
-        return bool(self._script(keys=[self.name], args=[self.token, self.hold_ms]))
+        :class:`redis.RedisError` when Redis cannot be reached.
+
+        While another worker holds the turn, this one asks again only once that holder's
+        turn would lapse: the answer before then is no, and an idle fleet's workers would
+        otherwise each spend a Redis call per job per interval to hear it.
+        """
+        if time.monotonic() < self._others_until:
+            return False
+        left_ms = int(self._script(keys=[self.name], args=[self.token, self.hold_ms]))
+        if left_ms < 0:
+            return True
+        self._others_until = time.monotonic() + left_ms / 1000
+        return False

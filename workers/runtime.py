@@ -191,6 +191,8 @@ class WorkerRuntime:
         """What a failed record's error means (None for a success); a refused connection
         also counts against the instance's health."""
         if not isinstance(result, errors.RecordError):
+            if self.gate is not None:
+                self.gate.report_answer()
             return None
         policy = self.retry_policy
         if self.gate is not None and policy.counts_against_instance(result):

@@ -122,6 +122,30 @@ def test_every_flip_reaches_the_listeners_whichever_path_caused_it() -> None:
         assert flips[-1] == (False, "x")
 
 
+def test_answered_calls_stand_in_for_probes_only_while_the_gate_is_open() -> None:
+    """A busy worker sends no probes: its answered calls say the instance is up. Once the
+    answers stop, or the gate is closed, probing resumes. A port nobody listens on makes
+    any probe that is sent fail."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    gate = HealthGate(f"http://127.0.0.1:{dead_port}/v1", http_client=DirectHttp(timeout=2))
+    gate.report_answer()
+    for _ in range(3):
+        assert gate.step_unless_answered(within=30) is None
+    assert gate.healthy and gate.last.detail == "calls answered"  # no probe went out
+    gate.step()
+    assert gate.step() is False  # probes do go out: the port is dead, the gate closes
+    gate.report_answer()  # a late answer of a call sent before...
+    gate.step_unless_answered(within=30)
+    assert not gate.healthy and gate.last.detail != "calls answered"  # ...opens nothing
+    healthy = HealthGate(f"http://127.0.0.1:{dead_port}/v1", http_client=DirectHttp(timeout=2))
+    healthy.report_answer()
+    time.sleep(0.05)
+    healthy.step_unless_answered(within=0.01)  # the answer is older than that: a probe
+    assert healthy.last.detail != "calls answered"
+
+
 @pytest.fixture
 def broker_url(redis_server: RedisServer) -> Iterator[str]:
     url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"

@@ -4,6 +4,7 @@ stalls mid-request."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -68,8 +69,8 @@ def test_a_turn_stays_with_the_worker_that_runs_rounds_and_passes_on_when_it_sto
     client = redis.Redis.from_url(redis_url)
     name = "vfleet:turn:test"
     client.delete(name)
-    mine = Turn(client, name, token="a", hold=60)
-    theirs = Turn(client, name, token="b", hold=60)
+    mine = Turn(client, name, token="a", hold=1.0)
+    theirs = Turn(client, name, token="b", hold=1.0)
     try:
         assert mine.take()
         assert not theirs.take()  # another worker skips its round
@@ -77,10 +78,36 @@ def test_a_turn_stays_with_the_worker_that_runs_rounds_and_passes_on_when_it_sto
         assert not theirs.take()
         assert client.get(name) == b"a"
         # The holder's last round, then nothing: the turn lapses and the next one takes it.
-        assert Turn(client, name, token="a", hold=0.2).take()
+        started = time.monotonic()
         wait_for(theirs.take, timeout=30, what="the turn to pass to the other worker")
+        assert time.monotonic() - started >= 0.5  # not before the holder's turn ran out
         assert not mine.take()
         assert client.get(name) == b"b"
+    finally:
+        client.delete(name)
+        client.close()
+
+
+def _turn_calls(client: redis.Redis) -> int:
+    stats = client.info("commandstats")
+    return sum(int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("eval", "evalsha"))
+
+
+def test_a_worker_without_the_turn_asks_redis_again_only_when_the_holders_turn_would_lapse(
+    redis_url: str,
+) -> None:
+    client = redis.Redis.from_url(redis_url)
+    name = "vfleet:turn:asks"
+    client.delete(name)
+    holder = Turn(client, name, token="a", hold=30)
+    other = Turn(client, name, token="b", hold=30)
+    try:
+        assert holder.take()
+        before = _turn_calls(client)
+        assert not any(other.take() for _ in range(50))
+        assert _turn_calls(client) - before == 1  # the first ask; the rest knew the answer
+        assert holder.take()  # the holder's own rounds always ask: they renew the turn
+        assert _turn_calls(client) - before == 2
     finally:
         client.delete(name)
         client.close()
