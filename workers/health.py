@@ -23,11 +23,14 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-
-import httpx2
+from typing import TYPE_CHECKING
 
 from ops.endpoint import HttpClient, HttpResponse, ProbeError, auth_headers, check_health
 from ops.urls import mask_url
+
+if TYPE_CHECKING:  # loaded by the first gate that probes: a producer feeding its first
+    # window imports this module but never probes
+    import httpx2
 
 logger = logging.getLogger(__name__)
 
@@ -112,18 +115,27 @@ class HttpxHttp:
     reuses one connection instead of opening (and for HTTPS, handshaking) a new one."""
 
     def __init__(self, client: httpx2.Client) -> None:
+        import httpx2
+
         self.client = client
+        self._errors = httpx2.HTTPError
 
     def get(self, url: str, *, headers: Mapping[str, str] | None = None) -> HttpResponse:
         try:
             resp = self.client.get(url, headers=dict(headers or {}))
-        except httpx2.HTTPError as e:
+        except self._errors as e:
             first = f"{e.__class__.__name__}: {e}".splitlines()[0][:200]
             raise ProbeError(f"{mask_url(url)}: {first}") from e
         return HttpResponse(resp.status_code, resp.text)
 
     def close(self) -> None:
         self.client.close()
+
+
+def _pooled_http(timeout: float) -> HttpxHttp:
+    import httpx2
+
+    return HttpxHttp(httpx2.Client(timeout=timeout))
 
 
 class HealthGate:
@@ -148,7 +160,7 @@ class HealthGate:
         self.base_url = base_url
         self._headers = auth_headers(api_key)
         self._own_http = http_client is None
-        self._http = http_client or HttpxHttp(httpx2.Client(timeout=timeout))
+        self._http = http_client or _pooled_http(timeout)
         self.failures_to_close = failures_to_close
         self.successes_to_open = successes_to_open
         self._lock = threading.Lock()
@@ -163,6 +175,8 @@ class HealthGate:
         self.last = Probe(True, "not probed yet")
         self.changed_at = time.monotonic()
         self._answered_at = -math.inf
+        self._suspect_at = -math.inf
+        self._suspicion_listeners: list[Callable[[], None]] = []
 
     @property
     def healthy(self) -> bool:
@@ -230,11 +244,30 @@ class HealthGate:
         """A call to the instance was answered (a record's result came back)."""
         self._answered_at = time.monotonic()
 
+    def report_server_error(self) -> None:
+        """A call got a 5xx. Not by itself a bad observation (one request can break a
+        healthy server), but a reason to ask ``/health`` now rather than at the next tick:
+        a dead vLLM engine answers every call with a 500 in milliseconds, and a worker that
+        keeps its gate open meanwhile fails a whole queue's worth of records."""
+        self._suspect_at = time.monotonic()
+        with self._lock:
+            listeners = list(self._suspicion_listeners)
+        for listener in listeners:
+            listener()
+
+    def add_suspicion_listener(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` on every :meth:`report_server_error` (it should only
+        schedule a probe: it runs in the thread that saw the error)."""
+        with self._lock:
+            self._suspicion_listeners.append(listener)
+
     def step_unless_answered(self, within: float) -> bool | None:
         """:meth:`step`, unless the gate is open and a call was answered in the last
-        ``within`` seconds: that answer is observed instead, and no probe is sent. A busy
-        worker's calls are fresher evidence than a probe, and cost nothing more."""
-        if self.healthy and time.monotonic() - self._answered_at < within:
+        ``within`` seconds with no 5xx since: that answer is observed instead, and no probe
+        is sent. A busy worker's calls are fresher evidence than a probe, and cost nothing
+        more."""
+        answered = self._answered_at
+        if self.healthy and answered > self._suspect_at and time.monotonic() - answered < within:
             return self.observe(Probe(True, "calls answered"))
         return self.step()
 

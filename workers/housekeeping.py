@@ -28,6 +28,8 @@ from workers.runtime import WorkerRuntime
 logger = logging.getLogger(__name__)
 
 HEALTH_TTL_INTERVALS = 5
+SUSPECT_PROBE_SPACING = 0.25
+"""Seconds between probes asked for by calls that got a 5xx."""
 HEALTH_REFRESH_INTERVALS = 2
 """An unchanged health key is written again after this many health intervals."""
 HEDGE_INTERVAL = 1.0
@@ -69,6 +71,7 @@ class Housekeeper(threading.Thread):
         self.feeder = feeder
         self.redis = redis_client
         self._stop_event = threading.Event()
+        self._wake = threading.Event()
         self._published_up: bool | None = None
         self._published_at = -math.inf
         s = runtime.settings
@@ -92,11 +95,24 @@ class Housekeeper(threading.Thread):
                 turn=self._turn(RECONCILE_TURN, token, s.reconcile_interval),
             ),
         ]
+        self._probe_asked_at = -math.inf
         if runtime.gate is not None:
-            self.jobs.insert(0, _Job("health", s.health_interval, self.check_health))
+            self._health_job = _Job("health", s.health_interval, self.check_health)
+            self.jobs.insert(0, self._health_job)
+            runtime.gate.add_suspicion_listener(self.probe_soon)
 
     def _turn(self, name: str, token: str, interval: float) -> Turn:
         return Turn(self.redis, name, token=token, hold=interval * TURN_HOLD_INTERVALS)
+
+    def probe_soon(self) -> None:
+        """Run the health job now (a call got a 5xx), at most once per
+        :data:`SUSPECT_PROBE_SPACING`: a storm of errors asks a few probes, not one each."""
+        now = time.monotonic()
+        if now - self._probe_asked_at < SUSPECT_PROBE_SPACING:
+            return
+        self._probe_asked_at = now
+        self._health_job.due = now
+        self._wake.set()
 
     def check_health(self) -> None:
         """Probe the instance (unless its calls are being answered) and refresh the health
@@ -135,7 +151,8 @@ class Housekeeper(threading.Thread):
                     job.due = now + job.interval
                     self._run(job, now)
             wake = min(j.due for j in self.jobs) - time.monotonic()
-            self._stop_event.wait(max(0.01, wake))
+            self._wake.wait(max(0.01, wake))
+            self._wake.clear()
 
     def _run(self, job: _Job, now: float) -> None:
         try:
@@ -161,6 +178,7 @@ class Housekeeper(threading.Thread):
 
     def stop(self, timeout: float = 5.0) -> None:
         self._stop_event.set()
+        self._wake.set()
         if self.is_alive():
             self.join(timeout)
 

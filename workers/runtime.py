@@ -197,6 +197,8 @@ class WorkerRuntime:
         policy = self.retry_policy
         if self.gate is not None and policy.counts_against_instance(result):
             self.gate.report_failure(str(result))
+        elif self.gate is not None and isinstance(result, errors.ServerError):
+            self.gate.report_server_error()
         return policy.after_error(claim.attempts, result)
 
     def _store(

@@ -146,6 +146,24 @@ def test_answered_calls_stand_in_for_probes_only_while_the_gate_is_open() -> Non
     assert healthy.last.detail != "calls answered"
 
 
+def test_a_server_error_asks_for_a_probe_at_once_and_outweighs_earlier_answers() -> None:
+    """A dead vLLM engine answers every call with a 500 in milliseconds: the worker must
+    look at /health now, and the answers it had just before must not stand in for it."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    gate = HealthGate(f"http://127.0.0.1:{dead_port}/v1", http_client=DirectHttp(timeout=2))
+    asked: list[float] = []
+    gate.add_suspicion_listener(lambda: asked.append(time.monotonic()))
+    gate.report_answer()
+    gate.report_server_error()
+    gate.report_server_error()
+    assert len(asked) == 2  # the housekeeper spaces the probes it runs, not the gate
+    gate.step_unless_answered(within=30)
+    assert gate.last.detail != "calls answered"  # the probe went out (and failed)
+    assert gate.step_unless_answered(within=30) is False  # a second bad probe closes it
+
+
 @pytest.fixture
 def broker_url(redis_server: RedisServer) -> Iterator[str]:
     url = redis_server.url.rsplit("/", 1)[0] + f"/{REDIS_DB}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery, Task
 from sqlalchemy.exc import SQLAlchemyError
@@ -16,8 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from ops.errors import OpsError
 from workers.errors import VfleetError
 from workers.queues import PRUNE_SNAPSHOTS_TASK, SCAN_GPUS_TASK, SCAN_QUEUE, SCAN_VLLM_TASK
-from workers.scan.runtime import ScanRuntime
 from workers.state import state_of
+
+if TYPE_CHECKING:  # the SSH stack loads when a scan runs, not in every process that
+    # builds the app (a producer's `vfleet enqueue` never scans)
+    from workers.scan.runtime import ScanRuntime
 
 logger = logging.getLogger(__name__)
 
